@@ -1,0 +1,312 @@
+"""The ledger: one SQLite file (WAL mode) that holds every instance, job and delivery.
+
+It is the node's single source of truth, in the manner of mercure: an admin can read the
+state of any study from ``dicomnode jobs list`` or from the file itself with ``sqlite3``.
+
+A job's life: ``complete`` (its instances settled) -> ``routed`` -> ``harmonized`` ->
+``delivered``; or ``quarantined`` (cannot or must not be processed; reason stated) or
+``failed`` (a step broke or a delivery ran out of retries). Instances belong to no job until
+their study settles, so an instance that arrives after its study's job was made starts a new
+job rather than being dropped.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+JOB_STATES = ("complete", "routed", "harmonized", "delivered", "quarantined", "failed")
+ACTIVE_STATES = ("complete", "routed", "harmonized")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    sop_instance_uid TEXT,
+    sop_class_uid TEXT,
+    study_uid TEXT,
+    series_uid TEXT,
+    calling_ae TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    parse_error TEXT,
+    received_at REAL NOT NULL,
+    job_id INTEGER REFERENCES jobs(id)
+);
+CREATE INDEX IF NOT EXISTS instances_unclaimed ON instances(job_id, study_uid);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    study_uid TEXT,
+    state TEXT NOT NULL,
+    reason TEXT,
+    rule TEXT,
+    method TEXT,
+    model TEXT,
+    output_dir TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    updated_at REAL NOT NULL,
+    UNIQUE (job_id, destination)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    at REAL NOT NULL,
+    state TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: int
+    path: str
+    sop_instance_uid: str | None
+    sop_class_uid: str | None
+    study_uid: str | None
+    series_uid: str | None
+    calling_ae: str
+    peer: str
+    size: int
+    parse_error: str | None
+    received_at: float
+    job_id: int | None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    study_uid: str | None
+    state: str
+    reason: str | None
+    rule: str | None
+    method: str | None
+    model: str | None
+    output_dir: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    job_id: int
+    destination: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    updated_at: float
+
+
+class Ledger:
+    """Thread-safe access to the ledger file; one connection, serialized by a lock."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a Success answered to a sender must survive power loss with its ledger row.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- instances -----------------------------------------------------------------------
+
+    def add_instance(
+        self,
+        *,
+        path: str,
+        sop_instance_uid: str | None,
+        sop_class_uid: str | None,
+        study_uid: str | None,
+        series_uid: str | None,
+        calling_ae: str,
+        peer: str,
+        size: int,
+        parse_error: str | None = None,
+    ) -> int:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO instances (path, sop_instance_uid, sop_class_uid, study_uid,"
+                " series_uid, calling_ae, peer, size, parse_error, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (path, sop_instance_uid, sop_class_uid, study_uid, series_uid, calling_ae,
+                 peer, size, parse_error, time.time()),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def settled_studies(self, settle_seconds: float, now: float | None = None) -> list[str]:
+        """Studies with unclaimed instances and none received in the last settle_seconds."""
+        cutoff = (now if now is not None else time.time()) - settle_seconds
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT study_uid FROM instances WHERE job_id IS NULL AND study_uid IS NOT NULL"
+                " GROUP BY study_uid HAVING MAX(received_at) <= ?",
+                (cutoff,),
+            ).fetchall()
+        return [row["study_uid"] for row in rows]
+
+    def unclaimed(self, study_uid: str | None) -> list[Instance]:
+        """Instances of a study (or, for None, unreadable ones) that no job holds yet."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM instances WHERE job_id IS NULL AND study_uid IS ? ORDER BY id",
+                (study_uid,),
+            ).fetchall()
+        return [Instance(**dict(row)) for row in rows]
+
+    def instances(self, job_id: int) -> list[Instance]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM instances WHERE job_id = ? ORDER BY id", (job_id,)
+            ).fetchall()
+        return [Instance(**dict(row)) for row in rows]
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def create_job(
+        self, study_uid: str | None, instance_ids: Sequence[int], reason: str | None = None
+    ) -> int:
+        """Make a job that claims the given instances; quarantined at once when a reason."""
+        now = time.time()
+        state = "quarantined" if reason else "complete"
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO jobs (study_uid, state, reason, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (study_uid, state, reason, now, now),
+            )
+            job_id = int(cursor.lastrowid or 0)
+            db.executemany(
+                "UPDATE instances SET job_id = ? WHERE id = ? AND job_id IS NULL",
+                [(job_id, i) for i in instance_ids],
+            )
+            db.execute(
+                "INSERT INTO events (job_id, at, state, message) VALUES (?, ?, ?, ?)",
+                (job_id, now, state, reason or f"{len(instance_ids)} instances settled"),
+            )
+        return job_id
+
+    def update_job(self, job_id: int, state: str, message: str, **fields: str | None) -> None:
+        """Move a job to a new state, with a message for its history."""
+        if state not in JOB_STATES:
+            raise ValueError(f"unknown job state {state!r}")
+        allowed = {"reason", "rule", "method", "model", "output_dir"}
+        if set(fields) - allowed:
+            raise ValueError(f"unknown job fields {sorted(set(fields) - allowed)}")
+        now = time.time()
+        assignments = "".join(f", {name} = ?" for name in fields)
+        with self._transaction() as db:
+            db.execute(
+                f"UPDATE jobs SET state = ?, updated_at = ?{assignments} WHERE id = ?",
+                (state, now, *fields.values(), job_id),
+            )
+            db.execute(
+                "INSERT INTO events (job_id, at, state, message) VALUES (?, ?, ?, ?)",
+                (job_id, now, state, message),
+            )
+
+    def job(self, job_id: int) -> Job | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return Job(**dict(row)) if row else None
+
+    def jobs(self, states: Sequence[str] | None = None) -> list[Job]:
+        query = "SELECT * FROM jobs"
+        params: tuple[str, ...] = ()
+        if states:
+            query += f" WHERE state IN ({','.join('?' * len(states))})"
+            params = tuple(states)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY id", params).fetchall()
+        return [Job(**dict(row)) for row in rows]
+
+    def events(self, job_id: int) -> list[tuple[float, str, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, state, message FROM events WHERE job_id = ? ORDER BY id", (job_id,)
+            ).fetchall()
+        return [(row["at"], row["state"], row["message"]) for row in rows]
+
+    def retry(self, job_id: int) -> None:
+        """Send a quarantined or failed job through the pipeline again, from routing."""
+        job = self.job(job_id)
+        if job is None:
+            raise KeyError(f"no job {job_id}")
+        if job.state not in ("quarantined", "failed"):
+            raise ValueError(f"job {job_id} is {job.state}; only quarantined or failed jobs retry")
+        with self._transaction() as db:
+            db.execute("DELETE FROM deliveries WHERE job_id = ?", (job_id,))
+        self.update_job(job_id, "complete", "retry requested by an admin", reason=None)
+
+    # --- deliveries ----------------------------------------------------------------------
+
+    def add_deliveries(self, job_id: int, destinations: Sequence[str]) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO deliveries (job_id, destination, state, next_attempt_at,"
+                " updated_at) VALUES (?, ?, 'pending', ?, ?)",
+                [(job_id, d, now, now) for d in destinations],
+            )
+
+    def deliveries(self, job_id: int) -> list[Delivery]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", (job_id,)
+            ).fetchall()
+        return [Delivery(**dict(row)) for row in rows]
+
+    def due_deliveries(self, now: float | None = None) -> list[Delivery]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT d.* FROM deliveries d JOIN jobs j ON j.id = d.job_id"
+                " WHERE d.state = 'pending' AND j.state = 'harmonized' AND d.next_attempt_at <= ?"
+                " ORDER BY d.id",
+                (now if now is not None else time.time(),),
+            ).fetchall()
+        return [Delivery(**dict(row)) for row in rows]
+
+    def record_attempt(
+        self, delivery_id: int, state: str, error: str | None, next_attempt_at: float
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?,"
+                " next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                (state, error, next_attempt_at, time.time(), delivery_id),
+            )

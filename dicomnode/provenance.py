@@ -1,0 +1,221 @@
+"""Provenance: turn harmonized pixels into a derived series that says how it was made.
+
+Follows shared/reference/dicom-provenance.md (PS3.3 C.7.6.1 General Image, C.12.1 SOP
+Common, C.7.5.1 General Equipment):
+
+- new SOPInstanceUID and SeriesInstanceUID, derived deterministically from the source UID,
+  the model's sha256 and the config hash, so a re-run after a crash sends no duplicates;
+  StudyInstanceUID and FrameOfReferenceUID are kept (the geometry is unchanged);
+- ImageType DERIVED\\SECONDARY;
+- ContributingEquipmentSequence with (109102, DCM, "Processing Equipment");
+- DerivationDescription, SourceImageSequence with (121322, DCM) per instance, and
+  ReferencedSeriesSequence;
+- a private block (creator ``DICOMNODE HARMONIZATION 1``) with method, model id, model
+  sha256, rule name and config hash.
+
+The vendor's private groups are dropped: they hold scale factors (Philips (2005,100E)) and
+acquisition details that no longer describe the new pixel values.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicomnode import __version__
+from dicomnode.assembly import AssembledAcquisition
+
+PRIVATE_GROUP = 0x0011
+PRIVATE_CREATOR = "DICOMNODE HARMONIZATION 1"
+_MAX_STORED = 65535
+_UID_NAMESPACE = uuid.UUID("6b1f3c2e-8d4a-5f0e-9a7b-2c3d4e5f6a7b")  # dicomnode's own
+
+# Elements that describe the old pixel values and would now be wrong.
+_STALE = [
+    "PixelData", "SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue",
+    "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "VOILUTSequence",
+    "ModalityLUTSequence", "RescaleType", "LossyImageCompression",
+    "LossyImageCompressionRatio", "LossyImageCompressionMethod",
+]
+
+# Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1).
+_TYPE2_PATIENT_STUDY = [
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What the node did to the series, as recorded in the derived instances."""
+
+    method: str
+    model: str
+    model_sha256: str
+    rule: str
+    config_hash: str
+    source_domain: str
+    target_domain: str
+
+    @property
+    def description(self) -> str:
+        return (
+            f"Harmonized by dicomnode {__version__}: method {self.method}, model {self.model}"
+            f" (sha256 {self.model_sha256[:12]}), {self.source_domain} to {self.target_domain},"
+            f" rule {self.rule}"
+        )
+
+
+def config_hash(settings: object) -> str:
+    """A stable sha256 of any JSON-able settings (the matched rule, for instance)."""
+    canonical = json.dumps(settings, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _derived_uid(source_uid: str, provenance: Provenance) -> str:
+    """A UUID-derived UID (PS3.5 B.2) that is the same for the same source, model and config."""
+    name = "|".join([source_uid, provenance.model_sha256, provenance.config_hash])
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
+
+
+def _code(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = "DCM"
+    item.CodeMeaning = meaning
+    return item
+
+
+def _contributing_equipment(provenance: Provenance, when: dt.datetime) -> Dataset:
+    item = Dataset()
+    item.PurposeOfReferenceCodeSequence = Sequence([_code("109102", "Processing Equipment")])
+    item.Manufacturer = "dicomnode"
+    item.ManufacturerModelName = "dicomnode harmonization node"
+    item.SoftwareVersions = __version__
+    item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
+    item.ContributionDescription = provenance.description[:1024]
+    return item
+
+
+def _referenced_instance(source: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    return item
+
+
+def _source_image(source: Dataset) -> Dataset:
+    item = _referenced_instance(source)
+    item.PurposeOfReferenceCodeSequence = Sequence(
+        [_code("121322", "Source image for image processing operation")]
+    )
+    return item
+
+
+def _encoding(values: np.ndarray) -> tuple[float, float, float]:
+    """RescaleSlope for uint16 storage, and a window (centre, width) from the foreground."""
+    top = float(np.max(values)) if values.size else 0.0
+    slope = top / _MAX_STORED if top > 0 else 1.0
+    low, high = (float(v) for v in np.percentile(values, [1.0, 99.5]))
+    return slope, (low + high) / 2, max(high - low, slope)
+
+
+def _ds_number(value: float) -> str:
+    """A DS value within its 16-character limit."""
+    return f"{value:.10g}"
+
+
+def _add_private_block(ds: Dataset, provenance: Provenance) -> None:
+    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+    block.add_new(0x01, "LO", provenance.method)
+    block.add_new(0x02, "LO", provenance.model[:64])
+    block.add_new(0x03, "LO", provenance.model_sha256)
+    block.add_new(0x04, "LO", provenance.rule[:64])
+    block.add_new(0x05, "LO", provenance.config_hash)
+    block.add_new(0x06, "LO", provenance.source_domain)
+    block.add_new(0x07, "LO", provenance.target_domain)
+
+
+def derived_series(
+    assembled: AssembledAcquisition, harmonized: np.ndarray, provenance: Provenance
+) -> list[Dataset]:
+    """One derived instance per source instance, same layout: one series per source series."""
+    if harmonized.shape != assembled.acquisition.pixels.shape:
+        raise ValueError(
+            f"harmonized shape {harmonized.shape} != source {assembled.acquisition.pixels.shape}"
+        )
+    values = np.clip(np.nan_to_num(harmonized, nan=0.0), 0.0, None)
+    slope, centre, width = _encoding(values)
+    when = dt.datetime.now(dt.UTC)
+    series_uids = {uid: _derived_uid(uid, provenance) for uid in assembled.series_uids}
+    derived: list[Dataset] = []
+    for phase, sources in enumerate(assembled.sources):
+        for index, source in enumerate(sources):
+            ds = _derive_one(source, provenance, when, series_uids)
+            stored = np.rint(values[phase, index] / slope).clip(0, _MAX_STORED).astype(np.uint16)
+            ds.BitsAllocated = 16
+            ds.BitsStored = 16
+            ds.HighBit = 15
+            ds.PixelRepresentation = 0
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.RescaleSlope = _ds_number(slope)
+            ds.RescaleIntercept = "0"
+            ds.WindowCenter = _ds_number(centre)
+            ds.WindowWidth = _ds_number(width)
+            ds.PixelData = stored.tobytes()
+            ds["PixelData"].VR = "OW"
+            derived.append(ds)
+    return derived
+
+
+def _derive_one(
+    source: Dataset, provenance: Provenance, when: dt.datetime, series_uids: dict[str, str]
+) -> Dataset:
+    ds = Dataset()
+    for element in source:
+        if element.keyword not in _STALE and not element.tag.is_private:
+            # A copy: assigning to a shared element would rewrite the source's UIDs.
+            ds.add(copy.deepcopy(element))
+    source_series = str(source.SeriesInstanceUID)
+    ds.SOPInstanceUID = _derived_uid(str(source.SOPInstanceUID), provenance)
+    ds.SeriesInstanceUID = series_uids[source_series]
+    ds.SeriesNumber = int(source.get("SeriesNumber") or 0) + 1000
+    suffix = f" [harmonized {provenance.method}]"
+    ds.SeriesDescription = (str(source.get("SeriesDescription", "")) + suffix)[-64:].strip()
+    # MR Image module (C.8.3.1.1.1) requires value 3; OTHER where the source had none.
+    image_type = list(source.get("ImageType", []))[2:] or ["OTHER"]
+    ds.ImageType = ["DERIVED", "SECONDARY", *image_type]
+    ds.DerivationDescription = provenance.description
+    ds.SourceImageSequence = Sequence([_source_image(source)])
+    # Common Instance Reference module (C.12.2): the series and the instance within it.
+    referenced_series = Dataset()
+    referenced_series.SeriesInstanceUID = source_series
+    referenced_series.ReferencedInstanceSequence = Sequence([_referenced_instance(source)])
+    ds.ReferencedSeriesSequence = Sequence([referenced_series])
+    earlier = list(source.get("ContributingEquipmentSequence", []))
+    ds.ContributingEquipmentSequence = Sequence(
+        [*earlier, _contributing_equipment(provenance, when)]
+    )
+    ds.InstanceCreationDate = when.strftime("%Y%m%d")
+    ds.InstanceCreationTime = when.strftime("%H%M%S")
+    # Old archives omit Type 2 attributes; present-but-empty is what the IOD asks for.
+    for keyword in _TYPE2_PATIENT_STUDY:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    _add_private_block(ds, provenance)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = source.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
