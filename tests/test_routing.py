@@ -59,7 +59,8 @@ rules:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("rules:\n  - name: a\n    action: harmonize\n", "rules.0: Value error, action 'harmonize'"),
+        ("rules:\n  - name: a\n    action: harmonize\n",
+         "rules.0: Value error, action 'harmonize'"),
         ("rules:\n  - name: a\n    match: {manufacturer: GE}\n    action: passthrough\n",
          "the last rule must be a default"),
         ("rules:\n  - name: a\n    match: {tags: {NotAKeyword: x}}\n    action: passthrough\n"
