@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +179,30 @@ def test_real_vendor_files_are_routed_or_quarantined_and_the_node_stays_up(
     logged = [e for e in node.log_events() if e.get("event", "").startswith("job_")]
     assert logged and all("job_id" in e for e in logged)
     assert any(e["event"] == "job_quarantined" and "SEG" in e.get("reason", "") for e in logged)
+
+
+@pytest.mark.parametrize(
+    ("compressor", "propose", "seed", "syntax"),
+    [("dcmcjpls", "-xt", 21, "1.2.840.10008.1.2.4.80"),
+     ("dcmcrle", "-xr", 22, "1.2.840.10008.1.2.5")],
+)
+def test_compressed_studies_are_accepted_decoded_and_harmonized(
+    node: Node, tmp_path: Path, compressor: str, propose: str, seed: int, syntax: str
+) -> None:
+    simulate_cohort(tmp_path / "sim", patients=1, scanners=["philips-3t"], seed=seed, matrix=64,
+                    slices=8, progress=False)
+    (study,) = (tmp_path / "sim").glob("*/philips-3t")
+    compressed = tmp_path / "compressed"
+    compressed.mkdir()
+    for index, path in enumerate(sorted((study / "dicom").rglob("*.dcm"))):
+        subprocess.run([compressor, str(path), str(compressed / f"{index:04d}.dcm")], check=True)
+    study_uid = str(dcmread(compressed / "0000.dcm", stop_before_pixels=True).StudyInstanceUID)
+    result = storescu([compressed], node.ae_title, node.port, extra=[propose])
+    assert result.returncode == 0, result.stderr
+    (job,) = _settled(node, study_uid)
+    assert job.state == "delivered", job.reason
+    assert job.model == "histogram-philips-3t_to_siemens-3t"
+    ledger = Ledger(Path(node.config["var_dir"]) / "ledger.sqlite")
+    spooled = dcmread(ledger.instances(job.id)[0].path)
+    ledger.close()
+    assert spooled.file_meta.TransferSyntaxUID == syntax  # kept as the scanner sent it

@@ -1,0 +1,240 @@
+"""Nyúl–Udupa histogram standardization, adapted to DCE and to domain-to-domain mapping.
+
+Classic Nyúl–Udupa (Nyúl & Udupa, MRM 1999; Nyúl et al., IEEE TMI 2000) maps each image's
+own percentile landmarks onto one standard scale. That forces every patient onto the same
+histogram shape and so erases real differences such as fibroglandular density. Here the
+piecewise-linear map is fixed per *pair of domains* instead:
+
+1. Each series is first normalized linearly by its own pre-contrast foreground landmarks
+   ``p_low -> 0`` and ``p_high -> 1``. This removes the per-series gain (receiver scaling,
+   coil loading, rescale slope), which is arbitrary in MR and differs between series even
+   on one scanner.
+2. The normalized scale is mapped piecewise-linearly from the source domain's mean
+   normalized landmarks ``mu_s`` to the target domain's ``mu_t``. This is the scanner
+   contrast difference (field strength, TR, flip angle, fat suppression). Because it is the
+   same for every patient, a dense breast stays denser than a fatty one after mapping.
+3. ``[0, 1]`` is scaled to the target's mean range ``[t_low, t_high]``, its own units.
+
+The composition is one monotone increasing piecewise-linear function ``f`` built from the
+pre-contrast phase and applied unchanged to every phase. Hence, for every voxel, the order
+of its phase values is kept (rising stays rising, washout stays washout), and within each
+phase the order of voxels is kept. ``f`` is extrapolated linearly beyond its end knots, with
+its overall slope (see :func:`piecewise_linear`): post-contrast enhancement exceeds the
+pre-contrast ``p_high`` and must not be clipped.
+Values below zero are clipped to zero, since magnitude images are non-negative.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from harmonizers.acquisition import Acquisition
+from harmonizers.base import Harmonizer, common_domain
+from harmonizers.domain import ScannerDomain
+from harmonizers.foreground import breast_foreground
+
+# p1 and p99 rather than min/max: robust to a few hot or dead voxels. The deciles between
+# follow the fat, FGT and muscle modes of the breast histogram.
+DEFAULT_PERCENTILES: tuple[float, ...] = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
+
+_FORMAT_VERSION = 1
+
+
+class HistogramHarmonizer(Harmonizer):
+    """Piecewise-linear landmark mapping from a source to a target scanner domain.
+
+    ``source_landmarks`` and ``target_landmarks`` are the domains' mean normalized
+    landmarks (first 0, last 1, strictly increasing); ``target_range`` is the target's mean
+    ``(p_low, p_high)`` in its own units.
+    """
+
+    method: ClassVar[str] = "histogram"
+    weights_file: ClassVar[str] = "model.json"
+
+    def __init__(
+        self,
+        *,
+        percentiles: Sequence[float],
+        source_landmarks: npt.ArrayLike,
+        target_landmarks: npt.ArrayLike,
+        target_range: Sequence[float],
+        source_domain: ScannerDomain | None = None,
+        target_domain: ScannerDomain | None = None,
+    ) -> None:
+        super().__init__(source_domain=source_domain, target_domain=target_domain)
+        self.percentiles = _check_percentiles(percentiles)
+        self.source_landmarks = _check_standard(source_landmarks, len(self.percentiles), "source")
+        self.target_landmarks = _check_standard(target_landmarks, len(self.percentiles), "target")
+        t_low, t_high = (float(v) for v in target_range)  # ValueError unless two values
+        if not (np.isfinite([t_low, t_high]).all() and 0 <= t_low < t_high):
+            raise ValueError(f"target range must satisfy 0 <= low < high, got {target_range}")
+        self.target_range = (t_low, t_high)
+
+    @classmethod
+    def fit(
+        cls,
+        source: Sequence[Acquisition],
+        target: Sequence[Acquisition],
+        *,
+        percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    ) -> Self:
+        """Average the normalized pre-contrast landmarks of each domain.
+
+        Raises ValueError when a side is empty, mixes scanner domains, or holds a series
+        whose foreground is flat (p_low == p_high).
+        """
+        percentiles = _check_percentiles(percentiles)
+        source_domain = common_domain(source, "source")
+        target_domain = common_domain(target, "target")
+        source_raw = np.array([foreground_landmarks(a.pre_contrast, percentiles) for a in source])
+        target_raw = np.array([foreground_landmarks(a.pre_contrast, percentiles) for a in target])
+        return cls(
+            percentiles=percentiles,
+            source_landmarks=_standard_scale(source_raw),
+            target_landmarks=_standard_scale(target_raw),
+            target_range=(float(target_raw[:, 0].mean()), float(target_raw[:, -1].mean())),
+            source_domain=source_domain,
+            target_domain=target_domain,
+        )
+
+    def mapping(self, pre_contrast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Knots ``(x, y)`` of ``f`` for one series: its own units -> target units.
+
+        ``x`` are where the source standard landmarks fall on this series' intensity scale;
+        ``y`` are the target standard landmarks in target units.
+        """
+        own = foreground_landmarks(pre_contrast, self.percentiles)
+        x = own[0] + self.source_landmarks * (own[-1] - own[0])
+        t_low, t_high = self.target_range
+        y = t_low + self.target_landmarks * (t_high - t_low)
+        return x, y
+
+    def _harmonize(self, acquisition: Acquisition) -> np.ndarray:
+        x, y = self.mapping(acquisition.pre_contrast)
+        out = np.empty(acquisition.pixels.shape, dtype=np.float32)
+        # Phase by phase keeps the float64 temporaries to one volume.
+        for phase, volume in enumerate(acquisition.pixels):
+            out[phase] = np.maximum(piecewise_linear(volume, x, y), 0.0)
+        return out
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = {
+            "format_version": _FORMAT_VERSION,
+            "method": self.method,
+            "percentiles": list(self.percentiles),
+            "source_landmarks": self.source_landmarks.tolist(),
+            "target_landmarks": self.target_landmarks.tolist(),
+            "target_range": list(self.target_range),
+            "source_domain": self.source_domain.name if self.source_domain else None,
+            "target_domain": self.target_domain.name if self.target_domain else None,
+        }
+        (folder / self.weights_file).write_text(json.dumps(weights, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> Self:
+        path = folder / cls.weights_file
+        try:
+            weights: dict[str, Any] = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        if not isinstance(weights, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        if weights.get("format_version") != _FORMAT_VERSION or weights.get("method") != cls.method:
+            raise ValueError(
+                f"{path}: expected format_version {_FORMAT_VERSION} of method {cls.method!r}, "
+                f"got {weights.get('format_version')!r} of {weights.get('method')!r}"
+            )
+        try:
+            return cls(
+                percentiles=weights["percentiles"],
+                source_landmarks=weights["source_landmarks"],
+                target_landmarks=weights["target_landmarks"],
+                target_range=weights["target_range"],
+                source_domain=_parse_domain(weights.get("source_domain")),
+                target_domain=_parse_domain(weights.get("target_domain")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: invalid weights ({exc!r})") from exc
+
+
+def foreground_landmarks(volume: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
+    """Percentiles of the breast foreground of a (z, y, x) volume, float64.
+
+    Raises ValueError when the foreground is flat, since such a series has no intensity
+    scale to normalize.
+    """
+    landmarks = np.percentile(volume[breast_foreground(volume)], percentiles).astype(np.float64)
+    if not np.isfinite(landmarks).all() or landmarks[-1] <= landmarks[0]:
+        raise ValueError(
+            f"foreground p{percentiles[0]:g}..p{percentiles[-1]:g} is flat or not finite "
+            f"({landmarks[0]:g}..{landmarks[-1]:g}); cannot standardize this series"
+        )
+    return landmarks
+
+
+def piecewise_linear(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Evaluate the piecewise-linear function through knots ``(x, y)``, float64.
+
+    Beyond the end knots it continues linearly with the overall slope ``(y[-1] - y[0]) /
+    (x[-1] - x[0])`` (``np.interp`` would hold the end values: enhancement would be clipped).
+    Why not the end segments' own slopes, as classic Nyúl does: the p90..p99 segment is
+    shaped by the bright tail of the pre-contrast histogram (vessels, heart, bias field),
+    which says little about how enhanced tissue maps. On the virtual scanner's held-out
+    patients, end-segment slopes amplified enhancement and made the all-phase Wasserstein
+    distance to the reference worse for ge-3t and siemens-1.5t; the overall slope improved
+    it for every profile (figures in the model cards).
+    """
+    out = np.interp(values, x, y)
+    slope = (y[-1] - y[0]) / (x[-1] - x[0])
+    below, above = values < x[0], values > x[-1]
+    out[below] = y[0] + (values[below] - x[0]) * slope
+    out[above] = y[-1] + (values[above] - x[-1]) * slope
+    return out
+
+
+def _standard_scale(landmarks: np.ndarray) -> np.ndarray:
+    """Mean of per-series landmarks normalized so the first is 0 and the last is 1."""
+    low, high = landmarks[:, :1], landmarks[:, -1:]
+    mean = ((landmarks - low) / (high - low)).mean(axis=0)
+    # Ties between landmarks (quantized or sparse data) would give np.interp a vertical
+    # step; a tiny spread keeps the map a strictly increasing function.
+    spread = 1e-6 * np.arange(mean.size)
+    strict = np.maximum.accumulate(mean) + spread
+    return (strict - strict[0]) / (strict[-1] - strict[0])
+
+
+def _check_percentiles(percentiles: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(float(p) for p in percentiles)
+    increasing = all(a < b for a, b in itertools.pairwise(values))
+    if len(values) < 3 or not increasing or values[0] < 0 or values[-1] > 100:
+        raise ValueError(f"need >= 3 strictly increasing percentiles in [0, 100], got {values}")
+    return values
+
+
+def _check_standard(landmarks: npt.ArrayLike, size: int, side: str) -> np.ndarray:
+    values = np.asarray(landmarks, dtype=np.float64)
+    ok = (
+        values.shape == (size,)
+        and np.isfinite(values).all()
+        and bool(np.all(np.diff(values) > 0))
+        and np.isclose(values[0], 0.0)
+        and np.isclose(values[-1], 1.0)
+    )
+    if not ok:
+        raise ValueError(
+            f"{side} landmarks must be {size} strictly increasing values from 0 to 1, "
+            f"got {values.tolist()}"
+        )
+    return values
+
+
+def _parse_domain(name: str | None) -> ScannerDomain | None:
+    return ScannerDomain.parse(name) if name is not None else None
