@@ -25,6 +25,7 @@ from scipy.stats import wasserstein_distance
 from dicomnode.assembly import acquisitions_from_paths
 from dicomnode.config import NodeConfig
 from dicomnode.ledger import Ledger
+from evaluation.virtual_scanner.truth import breast_mask
 
 SCANNER = "ge-1.5t"
 REFERENCE = "siemens-3t"
@@ -151,11 +152,10 @@ def _report(
 
 def _closeness(study: Path, delivered: Path) -> None:
     """How far the breast histogram is from the reference scanner, before and after."""
-    truth = np.load(study / "truth" / "truth.npz")
-    reference, labels = truth["reference"], truth["labels"]
+    reference = np.load(study / "truth" / "truth.npz")["reference"]
     (before,) = acquisitions_from_paths([study / "dicom"])
     (after,) = acquisitions_from_paths([delivered])
-    mask = np.broadcast_to(labels > 0, before.pixels.shape)
+    mask = np.broadcast_to(breast_mask(study / "truth"), before.pixels.shape)
     print(f"{'check':<10}breast-foreground Wasserstein distance to the {REFERENCE} rendering "
           f"of the same virtual patient: {_foreground_distance(before.pixels, reference, mask):.1f}"
           f" before, {_foreground_distance(after.pixels, reference, mask):.1f} after")

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from dicomnode.paths import models_dir
+from harmonizers import make_models
 from harmonizers.domain import ScannerDomain
 from harmonizers.model_store import CARD_FILE, ModelError, save_model, sha256_file
 from harmonizers.registry import available_methods, load_model
@@ -151,3 +152,13 @@ def test_shipped_model_verifies(name: str) -> None:
     method = name.split("-", 1)[0]
     card = load_model(method, name).card
     assert name == f"{method}-{card['source_domain']}_to_{card['target_domain']}"
+
+
+def test_shipped_weights_come_from_the_committed_training_command(tmp_path: Path) -> None:
+    """Re-running `make models` for one source gives the very weights that are shipped."""
+    name = "histogram-ge-1.5t_to_siemens-3t"
+    assert make_models.main(["--out", str(tmp_path), "--sources", "ge-1.5t"]) == 0
+    shipped = load_model("histogram", name).card
+    rebuilt = load_model("histogram", name, root=tmp_path).card
+    assert rebuilt["sha256"] == shipped["sha256"]
+    assert shipped["training_command"] == "python -m harmonizers.make_models"

@@ -6,7 +6,6 @@ DCMTK storescu plays the scanner, Orthanc the research PACS, dciodvfy the valida
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from dicomnode.assembly import assemble
 from dicomnode.ledger import Job, Ledger
 from dicomnode.provenance import PRIVATE_CREATOR, PRIVATE_GROUP
 from evaluation.virtual_scanner.cohort import simulate_cohort
+from evaluation.virtual_scanner.truth import breast_mask
 from harmonizers.registry import load_model
 from tests.peers import Node, Orthanc, dciodvfy_errors, echo, have, storescu, wait_for
 from tests.samples import SAMPLES
@@ -34,14 +34,6 @@ pytestmark = [
 ]
 
 TERMINAL = {"delivered", "quarantined", "failed"}
-BREAST = ("skin", "fat", "fgt", "lesion")
-
-
-def breast_mask(study: Path) -> np.ndarray:
-    """The breast foreground from the simulator's ground truth labels."""
-    codes = json.loads((study / "truth" / "truth.json").read_text())["labels"]
-    labels = np.load(study / "truth" / "truth.npz")["labels"]
-    return np.isin(labels, [codes[name] for name in BREAST])
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +131,7 @@ def test_a_simulated_ge_study_arrives_harmonized_at_the_pacs(
     # scanner's rendering of the same virtual patient than the input was.
     truth = np.load(study / "truth" / "truth.npz")
     reference = truth["reference"]
-    mask = np.broadcast_to(breast_mask(study), reference.shape)
+    mask = np.broadcast_to(breast_mask(study / "truth"), reference.shape)
     before = assemble([dcmread(p) for p in sent]).acquisition.pixels
     after = assemble(datasets).acquisition.pixels
     distance_before = wasserstein_distance(before[mask], reference[mask])

@@ -1,0 +1,11 @@
+"""``make bench``: every benchmark, each in its own process (the simulator pins one thread)."""
+
+import subprocess
+import sys
+
+BENCHMARKS = ["bench.bench_simulate", "bench.bench_node"]
+
+if __name__ == "__main__":
+    for module in BENCHMARKS:
+        print(f"\n== {module}", flush=True)
+        subprocess.run([sys.executable, "-m", module], check=True)
