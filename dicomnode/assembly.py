@@ -207,12 +207,17 @@ def _real_world(ds: Dataset) -> np.ndarray:
 
 
 def assemble(datasets: Sequence[Dataset]) -> AssembledAcquisition:
-    """Build the 4D acquisition from one group's full datasets (with pixel data)."""
+    """Build the 4D acquisition from one group's full datasets (with pixel data).
+
+    An instance sent twice (a scanner resending after a timeout) counts once: the last copy
+    in ``datasets`` wins, so pass them in arrival order.
+    """
     for ds in datasets:
         reason = unsupported_reason(ds)
         if reason:
             raise AssemblyError(f"instance {ds.get('SOPInstanceUID', '?')}: {reason}")
-    phases = order_phases(datasets)
+    latest = {str(ds.SOPInstanceUID): ds for ds in datasets}
+    phases = order_phases(list(latest.values()))
     first = phases[0][0]
     pixels = np.stack([np.stack([_real_world(ds) for ds in phase]) for phase in phases])
     positions = [_position(ds) for ds in phases[0]]

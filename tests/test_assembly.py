@@ -47,6 +47,15 @@ def test_per_phase_series_are_joined_into_one_acquisition() -> None:
     np.testing.assert_array_equal(assembled.acquisition.pixels, expected)
 
 
+def test_an_instance_sent_twice_counts_once() -> None:
+    datasets = read_sample("philips-achieva-3t-dynamics")
+    resent = read_sample("philips-achieva-3t-dynamics")[:5]
+    assembled = assemble(datasets + resent)
+    assert assembled.acquisition.pixels.shape == (3, 9, 64, 64)
+    used = {id(ds) for phase in assembled.sources for ds in phase}
+    assert all(id(ds) in used for ds in resent)
+
+
 def test_a_phase_with_missing_slices_is_refused() -> None:
     datasets = read_sample("philips-achieva-3t-dynamics")[:-1]
     with pytest.raises(AssemblyError, match="repeat unevenly"):
