@@ -9,14 +9,15 @@ from __future__ import annotations
 import socket
 from io import BytesIO
 
-from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicomnode.intake import register
 from dicomnode.ledger import Ledger
 from dicomnode.logs import get_logger
 from dicomnode.spool import Spool
@@ -42,26 +43,11 @@ TRANSFER_SYNTAXES = [
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 
-_HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
-
-
 def set_nodelay(event: Event) -> None:
     """Turn Nagle off on every association socket: otherwise each C-STORE waits ~45 ms."""
     sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _header_ids(data: bytes) -> tuple[dict[str, str | None], str | None]:
-    """The UIDs the ledger files an instance under, or the reason they cannot be read."""
-    try:
-        ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        ids = {tag: (str(ds[tag].value) if tag in ds else None) for tag in _HEADER_TAGS}
-    except Exception as exc:  # noqa: BLE001 - any decoding failure means "malformed"
-        return {tag: None for tag in _HEADER_TAGS}, f"malformed DICOM: {exc}"
-    if not ids["StudyInstanceUID"] or not ids["SeriesInstanceUID"]:
-        return ids, "StudyInstanceUID or SeriesInstanceUID is missing"
-    return ids, None
 
 
 class StoreHandler:
@@ -78,33 +64,33 @@ class StoreHandler:
         sop_uid = str(request.AffectedSOPInstanceUID)
         log = get_logger(calling_ae=requestor.ae_title, sop_instance_uid=sop_uid)
         try:
-            data = event.encoded_dataset()
+            data = _as_file(event)
             path = self.spool.store(data)
         except Exception as exc:  # noqa: BLE001 - never answer Success for an unwritten file
             log.error("spool_write_failed", error=str(exc))
             return STATUS_OUT_OF_RESOURCES
-        ids, parse_error = _header_ids(data)
         try:
-            instance_id = self.ledger.add_instance(
-                path=str(path),
-                sop_instance_uid=ids["SOPInstanceUID"] or sop_uid,
-                sop_class_uid=ids["SOPClassUID"] or str(request.AffectedSOPClassUID),
-                # An instance whose UIDs cannot be read is filed under no study and
-                # quarantined on its own.
-                study_uid=None if parse_error else ids["StudyInstanceUID"],
-                series_uid=None if parse_error else ids["SeriesInstanceUID"],
-                calling_ae=requestor.ae_title,
-                peer=f"{requestor.address}:{requestor.port}",
-                size=len(data),
-                parse_error=parse_error,
+            instance_id = register(
+                self.ledger, path, data, requestor.ae_title,
+                f"{requestor.address}:{requestor.port}",
+                sop_uid, str(request.AffectedSOPClassUID),
             )
         except Exception as exc:  # noqa: BLE001
             path.unlink(missing_ok=True)
             log.error("ledger_write_failed", error=str(exc))
             return STATUS_OUT_OF_RESOURCES
-        log.debug("instance_stored", instance_id=instance_id, path=str(path),
-                  parse_error=parse_error)
+        log.debug("instance_stored", instance_id=instance_id, path=str(path))
         return STATUS_SUCCESS
+
+
+def _as_file(event: Event) -> bytes:
+    """The instance as received, in the DICOM file format, with who sent it to whom."""
+    meta = event.file_meta
+    meta.SendingApplicationEntityTitle = event.assoc.requestor.ae_title
+    meta.ReceivingApplicationEntityTitle = event.assoc.acceptor.ae_title
+    request = event.request
+    assert isinstance(request, C_STORE) and isinstance(request.DataSet, BytesIO)
+    return b"".join((b"\0" * 128, b"DICM", encode_file_meta(meta), request.DataSet.getvalue()))
 
 
 def _log_association(event: Event) -> None:

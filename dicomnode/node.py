@@ -7,6 +7,7 @@ import threading
 from types import FrameType
 
 from dicomnode.config import NodeConfig
+from dicomnode.intake import recover_spool
 from dicomnode.ledger import Ledger
 from dicomnode.logs import get_logger
 from dicomnode.network import start_server
@@ -41,6 +42,9 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> None:
     for problem in check_models(rules):
         log.error("model_unusable", problem=problem)
     ledger = Ledger(config.ledger_path)
+    recovered = recover_spool(config.spool_dir, ledger)
+    if recovered:
+        log.warning("spool_recovered", instances=recovered)
     pipeline = Pipeline(config, ledger, rules)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

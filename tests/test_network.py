@@ -4,11 +4,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE
 
+from dicomnode.intake import recover_spool
 from dicomnode.ledger import Ledger
 from dicomnode.network import STATUS_OUT_OF_RESOURCES, start_server
 from dicomnode.spool import Spool
@@ -80,3 +81,22 @@ def test_the_called_ae_title_must_be_ours(server: tuple[int, Path, Ledger]) -> N
     ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", port, ae_title="SOMEONE-ELSE")
     assert assoc.is_rejected
+
+
+def test_a_spool_file_without_ledger_row_is_recovered(
+    server: tuple[int, Path, Ledger], tmp_path: Path
+) -> None:
+    """The node stopped between the spool write and the ledger row: the file is the record."""
+    port, spool_root, _ = server
+    assert _send(port, _mr()) == 0x0000
+    (stored,) = spool_root.rglob("*.dcm")
+    meta = dcmread(stored).file_meta
+    assert (meta.SendingApplicationEntityTitle, meta.ReceivingApplicationEntityTitle) == (
+        "SCANNER", "NODE")
+    (stored.parent / ".abc.dcm.partial").write_bytes(b"never acknowledged")
+    fresh = Ledger(tmp_path / "fresh.sqlite")
+    assert recover_spool(spool_root, fresh) == 1
+    (instance,) = fresh.unclaimed("1.2.3.4")
+    assert (instance.path, instance.calling_ae) == (str(stored), "SCANNER")
+    assert not list(spool_root.rglob("*.partial"))
+    assert recover_spool(spool_root, fresh) == 0

@@ -198,3 +198,28 @@ def test_compressed_studies_are_accepted_decoded_and_harmonized(
     spooled = dcmread(ledger.instances(job.id)[0].path)
     ledger.close()
     assert spooled.file_meta.TransferSyntaxUID == syntax  # kept as the scanner sent it
+
+
+def test_a_killed_node_loses_nothing_it_acknowledged(tmp_path: Path, cohort: Path) -> None:
+    """SIGKILL after the sender heard Success, before the study settled: a restart delivers."""
+    (study,) = cohort.glob("*/ge-1.5t")
+    sent = sorted((study / "dicom").rglob("*.dcm"))
+    config = {"settle_seconds": 5,
+              "destinations": {"out": {"type": "folder", "path": str(tmp_path / "out")}},
+              "default_destinations": ["out"]}
+    first = Node(tmp_path / "node", config).start()
+    try:
+        assert storescu([study / "dicom"], first.ae_title, first.port).returncode == 0
+        assert first.process is not None
+        first.process.kill()
+        first.process.wait(10)
+    finally:
+        first.stop()
+    assert _jobs_for(first) == []  # it died before the study settled
+    second = Node(tmp_path / "node", config).start()
+    try:
+        (job,) = _settled(second)
+        assert job.state == "delivered", job.reason
+        assert len(list((tmp_path / "out" / f"job-{job.id:08d}").glob("*.dcm"))) == len(sent)
+    finally:
+        second.stop()
