@@ -92,7 +92,9 @@ def _texture(texture_seed: int, breasts: tuple[Breast, Breast], chest_wall_y: fl
     """
     x = _axis(min(b.center_x - b.radius_x for b in breasts) - 4,
               max(b.center_x + b.radius_x for b in breasts) + 4)
-    y = _axis(chest_wall_y - max(b.depth for b in breasts) - 4, chest_wall_y + 4)
+    # Behind the chest-wall plane the breast runs on to the curved thorax, up to ry deep:
+    # the field must cover it, or resampling would smear its last row into stripes.
+    y = _axis(chest_wall_y - max(b.depth for b in breasts) - 4, chest_wall_y + thorax[1] + 4)
     z = _axis(min(b.center_z - b.radius_z for b in breasts) - 4,
               max(b.center_z + b.radius_z for b in breasts) + 4)
     shape = (z.size, y.size, x.size)
