@@ -3,7 +3,8 @@
 import subprocess
 import sys
 
-BENCHMARKS = ["bench.bench_simulate", "bench.bench_node"]
+BENCHMARKS = ["bench.bench_simulate", "bench.bench_node", "bench.bench_harmonizers",
+              "bench.bench_deep"]
 
 if __name__ == "__main__":
     for module in BENCHMARKS:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from harmonizers.acquisition import Acquisition
@@ -90,6 +91,39 @@ def unsupported_reason(ds: Dataset) -> str | None:
     for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if keyword not in ds:
             return f"{keyword} is missing, so the geometry is unknown"
+    return None
+
+
+# Slices per phase, where the vendor writes it (shared/reference/breast-dce-physics.md,
+# "Header facts for routing"): GE LocationsInAcquisition, Philips NumberOfSlicesMR.
+SLICES_PER_PHASE_TAGS = (
+    (0x0021, 0x4F, "GEMS_RELA_01"),
+    (0x2001, 0x18, "Philips Imaging DD 001"),
+)
+EXPECTED_COUNT_TAGS: list[BaseTag] = [
+    Tag("NumberOfTemporalPositions"),
+    *(Tag(group, 0x0010) for group, _, _ in SLICES_PER_PHASE_TAGS),
+    *(Tag(group, 0x1000 | element) for group, element, _ in SLICES_PER_PHASE_TAGS),
+]
+
+
+def expected_count(ds: Dataset) -> int | None:
+    """How many instances a multiphase series holds, when its header says so.
+
+    NumberOfTemporalPositions x the vendor's slices per phase. None for a single phase
+    (per-phase series: how many phase series follow is unknown) or when either is missing.
+    Reads only what EXPECTED_COUNT_TAGS names, so a header read with those tags suffices.
+    """
+    phases = _optional_float(ds.get("NumberOfTemporalPositions"))
+    if phases is None or phases < 2:
+        return None
+    for group, element, creator in SLICES_PER_PHASE_TAGS:
+        try:
+            slices = int(ds.get_private_item(group, element, creator).value)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if slices > 0:
+            return int(phases) * slices
     return None
 
 

@@ -1,14 +1,14 @@
-"""The ``dicomnode`` command: serve, and let an admin see and steer jobs."""
+"""The ``dicomnode`` command: serve, and let an admin see and steer the node."""
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 from pathlib import Path
 
+from dicomnode import admin
 from dicomnode.config import ConfigError, NodeConfig, load_config
-from dicomnode.ledger import JOB_STATES, Ledger
+from dicomnode.ledger import JOB_STATES, TERMINAL_STATES
 from dicomnode.logs import configure
 
 
@@ -24,7 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--settle-seconds", type=float, help="override settle_seconds")
     serve.add_argument("--log-level", default="INFO")
 
-    jobs = commands.add_parser("jobs", help="list, show or retry jobs").add_subparsers(
+    commands.add_parser("status", help="where the node listens, what it holds, what waits")
+
+    jobs = commands.add_parser("jobs", help="list, show, retry or purge jobs").add_subparsers(
         dest="jobs_command", required=True
     )
     listing = jobs.add_parser("list", help="one line per job, with its state and reason")
@@ -35,59 +37,47 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_parser("retry", help="route a quarantined or failed job again").add_argument(
         "job_id", type=int
     )
-    commands.add_parser("rules", help="check the rules file").add_subparsers(
+    purge = jobs.add_parser("purge", help="delete the files of finished jobs (history stays)")
+    purge.add_argument("--state", choices=TERMINAL_STATES, action="append",
+                       help="default: delivered and discarded")
+    purge.add_argument("--older-than-days", type=float, default=0.0)
+
+    rules = commands.add_parser("rules", help="check or dry-run the rules").add_subparsers(
         dest="rules_command", required=True
-    ).add_parser("check", help="validate rules.yaml against node.yaml and load every model")
+    )
+    rules.add_parser("check", help="validate rules.yaml against node.yaml and load every model")
+    rules.add_parser(
+        "explain", help="for each series under the paths: which rule matches, and why"
+    ).add_argument("paths", type=Path, nargs="+", metavar="FILE_OR_DIR")
     return parser
 
 
-def _when(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _jobs(config: NodeConfig, args: argparse.Namespace) -> int:
-    if not config.ledger_path.exists():
-        print(f"no ledger at {config.ledger_path}: the node has received nothing yet")
+    ledger = admin.open_ledger(config)
+    if ledger is None:
         return 0
-    ledger = Ledger(config.ledger_path)
-    if args.jobs_command == "list":
-        print(f"{'job':>6}  {'state':<12} {'updated':<19}  {'rule':<16} reason")
-        for job in ledger.jobs(args.state):
-            print(f"{job.id:>6}  {job.state:<12} {_when(job.updated_at):<19}  "
-                  f"{job.rule or '-':<16} {job.reason or ''}")
-        return 0
-    found = ledger.job(args.job_id)
-    if found is None:
-        print(f"no job {args.job_id}", file=sys.stderr)
-        return 2
-    job = found
-    if args.jobs_command == "retry":
-        try:
-            ledger.retry(job.id)
-        except ValueError as exc:
-            print(exc, file=sys.stderr)
-            return 2
-        print(f"job {job.id} will be routed again")
-        return 0
-    print(f"job {job.id}: {job.state}  study {job.study_uid}")
-    print(f"  rule {job.rule}  method {job.method}  model {job.model}")
-    print(f"  reason: {job.reason or '-'}\n  output: {job.output_dir or '-'}")
-    instances = ledger.instances(job.id)
-    senders = sorted({i.calling_ae for i in instances})
-    print(f"  {len(instances)} instances from {', '.join(senders)}")
-    for delivery in ledger.deliveries(job.id):
-        print(f"  delivery {delivery.destination}: {delivery.state}, {delivery.attempts} attempts"
-              f"{', last error: ' + delivery.last_error if delivery.last_error else ''}")
-    for at, state, message in ledger.events(job.id):
-        print(f"  {_when(at)}  {state:<12} {message}")
-    return 0
+    try:
+        if args.jobs_command == "list":
+            return admin.jobs_list(ledger, args.state)
+        if args.jobs_command == "show":
+            return admin.jobs_show(ledger, args.job_id)
+        if args.jobs_command == "retry":
+            return admin.jobs_retry(ledger, args.job_id)
+        states = args.state or ["delivered", "discarded"]
+        return admin.jobs_purge(ledger, config, states, args.older_than_days)
+    finally:
+        ledger.close()
 
 
-def _rules_check(config: NodeConfig) -> int:
+def _rules(config: NodeConfig, args: argparse.Namespace) -> int:
+    # Imported here: loading models pulls in the harmonizers, which `jobs` does not need.
+    from dicomnode.explain import explain
     from dicomnode.node import check_models
     from dicomnode.routing import RuleSet
 
     rules = RuleSet.load(config.rules, set(config.destinations))
+    if args.rules_command == "explain":
+        return explain(rules, args.paths)
     problems = check_models(rules)
     for problem in problems:
         print(problem, file=sys.stderr)
@@ -107,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
 
             serve(config)
             return 0
+        if args.command == "status":
+            return admin.status(config)
         if args.command == "jobs":
             return _jobs(config, args)
-        return _rules_check(config)
+        return _rules(config, args)
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ folder as the only destination. Sites add a DICOM destination (AE title, host, p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -54,6 +55,57 @@ class DeliveryPolicy(_Strict):
     timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
 
 
+class AllowedCaller(_Strict):
+    """A sender the node accepts: its calling AE title and, optionally, its hosts."""
+
+    ae_title: Annotated[str, Field(pattern=_AE_TITLE)]
+    hosts: list[str] | None = None  # IP addresses; None accepts the AE title from any host
+
+
+class TlsSettings(_Strict):
+    """DICOM TLS (PS3.15 B.1): TLS 1.2 or later with the node's certificate."""
+
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None = None  # trusted client CAs, needed to require client certs
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> TlsSettings:
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates")
+        return self
+
+
+class Security(_Strict):
+    """Who may send. ``allowed_callers`` None accepts any calling AE (logged at start)."""
+
+    allowed_callers: list[AllowedCaller] | None = None
+    tls: TlsSettings | None = None
+
+
+class Admission(_Strict):
+    """Limits that keep the node serving: refused work gets 0xA700, out of resources."""
+
+    min_free_disk_mb: Annotated[float, Field(ge=0)] = 1024.0
+    max_associations: Annotated[int, Field(ge=1)] = 16
+    max_instance_mb: Annotated[float, Field(gt=0)] = 512.0
+
+
+class Retention(_Strict):
+    """How long the spool keeps a finished job's files; None keeps them."""
+
+    discarded_days: Annotated[float, Field(ge=0)] | None = 7.0
+    delivered_days: Annotated[float, Field(ge=0)] | None = None
+
+
+class Metrics(_Strict):
+    """Prometheus metrics and /healthz over HTTP on a loopback port; port 0 turns it off."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9464
+
+
 def _default_folder() -> DicomDestination | FolderDestination:
     return FolderDestination(type="folder", path=Path("var/out"))
 
@@ -65,12 +117,20 @@ class NodeConfig(_Strict):
     max_pdu: Annotated[int, Field(ge=4096)] = 131072
     var_dir: Path = Path("var")
     settle_seconds: Annotated[float, Field(ge=0)] = 10.0
+    # Instances of a series whose job already ran: "new-version" makes a new job holding
+    # the whole series again (its output replaces the old, same UIDs); "quarantine" holds
+    # the late instances for an admin.
+    late_instances: Literal["new-version", "quarantine"] = "new-version"
     rules: Path = Field(default_factory=lambda: conf_dir() / "rules.yaml")
     destinations: dict[str, Destination] = Field(
         default_factory=lambda: {"local": _default_folder()}
     )
     default_destinations: list[str] = Field(default_factory=lambda: ["local"])
     delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
+    retention: Retention = Field(default_factory=Retention)
+    security: Security = Field(default_factory=Security)
+    admission: Admission = Field(default_factory=Admission)
+    metrics: Metrics = Field(default_factory=Metrics)
 
     @model_validator(mode="after")
     def _destinations_exist(self) -> NodeConfig:
@@ -92,33 +152,84 @@ class NodeConfig(_Strict):
         return self.var_dir / "ledger.sqlite"
 
 
-def describe_validation_error(source: str, exc: ValidationError) -> str:
-    """One line per problem: the file, the dotted field path and what is wrong."""
-    lines = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        lines.append(f"{source}: {where}: {error['msg']}")
-    return "\n".join(lines)
+Lines = dict[tuple[str | int, ...], int]
 
 
-def load_yaml(path: Path) -> object:
-    """Parse a YAML file, turning every failure into a ConfigError naming the file."""
+@dataclass(frozen=True)
+class YamlDocument:
+    """Parsed YAML and, for every mapping key and sequence item, the line it starts on."""
+
+    path: Path
+    data: object
+    lines: Lines
+
+    def line_of(self, loc: tuple[str | int, ...]) -> int | None:
+        """The line of the deepest part of a pydantic error location found in the file.
+
+        Locations may hold parts that are not in the file (a union's tag, say); those are
+        skipped, so the line is that of the nearest enclosing key.
+        """
+        found: tuple[str | int, ...] = ()
+        line = self.lines.get(())
+        for part in loc:
+            candidate = (*found, part)
+            if candidate in self.lines:
+                found = candidate
+                line = self.lines[candidate]
+        return line
+
+    def describe(self, exc: ValidationError) -> str:
+        """One line per problem: file, line, the dotted field path and what is wrong."""
+        messages = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            where = ".".join(str(part) for part in loc) or "(top level)"
+            line = self.line_of(loc)
+            at = f"{self.path}:{line}" if line else str(self.path)
+            messages.append(f"{at}: {where}: {error['msg']}")
+        return "\n".join(messages)
+
+
+def _node_lines(node: yaml.Node, prefix: tuple[str | int, ...], lines: Lines) -> None:
+    lines.setdefault(prefix, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = (*prefix, str(key.value))
+            lines[path] = key.start_mark.line + 1
+            _node_lines(value, path, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _node_lines(item, (*prefix, index), lines)
+
+
+def load_yaml(path: Path) -> YamlDocument:
+    """Parse a YAML file, turning every failure into a ConfigError naming the file and line."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise ConfigError(f"{path}:{line}: not valid YAML: {exc.problem}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    lines: Lines = {}
+    if root is not None:
+        _node_lines(root, (), lines)
+    return YamlDocument(path, data, lines)
 
 
 def load_config(path: Path | None) -> NodeConfig:
     """The node configuration from ``path``, or the embedded defaults when None."""
     if path is None:
         return NodeConfig()
-    data = load_yaml(path) or {}
+    document = load_yaml(path)
+    data = document.data if document.data is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     try:
         return NodeConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(str(path), exc)) from exc
+        raise ConfigError(document.describe(exc)) from exc

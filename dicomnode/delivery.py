@@ -1,20 +1,32 @@
-"""Delivery: send a job's output to one destination, a DICOM peer or a local folder.
+"""Delivery: the outbox that sends a job's output to a DICOM peer or a local folder.
 
 A delivery either sends every file or raises DeliveryError; the pipeline records the attempt
-in the ledger and schedules the retry with backoff.
+in the ledger and schedules the retry with backoff. Associations to DICOM destinations stay
+open between jobs (most of a small study's send time is the association set-up) and are
+released after ``idle_seconds`` or when a job needs presentation contexts they lack.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 
 from dicomnode.config import DeliveryPolicy, DicomDestination, FolderDestination
 from dicomnode.network import set_nodelay
 from dicomnode.spool import write_durably
+
+# 0xB000, 0xB006, 0xB007: warnings, stored all the same (PS3.4 Table B.2-1).
+_STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+# PS3.8 9.3.2.2: at most 128 presentation contexts in one association request.
+_MAX_CONTEXTS = 128
+
+Context = tuple[str, str]  # (SOP class UID, transfer syntax UID)
 
 
 class DeliveryError(RuntimeError):
@@ -26,18 +38,98 @@ def backoff_seconds(attempts: int, policy: DeliveryPolicy) -> float:
     return float(min(policy.backoff_cap_seconds, policy.backoff_seconds * 2 ** (attempts - 1)))
 
 
-def deliver(
-    files: Sequence[Path],
-    destination: DicomDestination | FolderDestination,
-    folder_name: str,
-    calling_ae: str,
-    policy: DeliveryPolicy,
-) -> None:
-    """Send ``files`` to ``destination``. Folder copies go under ``folder_name``."""
-    if isinstance(destination, FolderDestination):
-        _copy_to_folder(files, destination.path / folder_name)
-    else:
-        _c_store(files, destination, calling_ae, policy)
+@dataclass
+class _Open:
+    assoc: Association
+    contexts: set[Context]
+    last_used: float
+
+
+class Outbox:
+    """Sends files to destinations, keeping one association per DICOM destination."""
+
+    def __init__(self, calling_ae: str, policy: DeliveryPolicy, idle_seconds: float = 30.0):
+        self.calling_ae = calling_ae
+        self.policy = policy
+        self.idle_seconds = idle_seconds
+        self._open: dict[str, _Open] = {}
+
+    def send(
+        self,
+        name: str,
+        destination: DicomDestination | FolderDestination,
+        files: Sequence[Path],
+        folder_name: str,
+    ) -> None:
+        """Send ``files`` to ``destination`` (named ``name``); folders get ``folder_name``."""
+        if isinstance(destination, FolderDestination):
+            _copy_to_folder(files, destination.path / folder_name)
+            return
+        datasets = [dcmread(path) for path in files]
+        needed = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
+        where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+        current = self._association(name, destination, needed, where)
+        try:
+            for path, ds in zip(files, datasets, strict=True):
+                status = current.assoc.send_c_store(ds)
+                code = int(status.Status) if "Status" in status else None
+                if code is None:
+                    raise DeliveryError(f"{where}: no C-STORE response for {path.name}")
+                if code not in _STORED:
+                    raise DeliveryError(
+                        f"{where}: C-STORE of {path.name} failed, status 0x{code:04X}")
+        except BaseException:
+            self._close(name)
+            raise
+        current.last_used = time.monotonic()
+
+    def _association(
+        self, name: str, destination: DicomDestination, needed: set[Context], where: str
+    ) -> _Open:
+        current = self._open.get(name)
+        if current and current.assoc.is_established and needed <= current.contexts:
+            return current
+        wanted = needed | (current.contexts if current else set())
+        if len(wanted) > _MAX_CONTEXTS:
+            wanted = needed
+        self._close(name)
+        ae = AE(ae_title=self.calling_ae)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.policy.timeout_seconds
+        ae.maximum_pdu_size = 131072
+        for sop_class, syntax in sorted(wanted):
+            ae.add_requested_context(sop_class, syntax)
+        assoc = ae.associate(
+            destination.host, destination.port, ae_title=destination.ae_title,
+            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+        )
+        if not assoc.is_established:
+            raise DeliveryError(f"{where}: association rejected, aborted or never connected")
+        accepted = {
+            (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+            for cx in assoc.accepted_contexts
+            if cx.abstract_syntax and cx.transfer_syntax
+        }
+        refused = needed - accepted
+        if refused:
+            assoc.release()
+            raise DeliveryError(f"{where}: refused presentation contexts {sorted(refused)}")
+        self._open[name] = _Open(assoc, accepted, time.monotonic())
+        return self._open[name]
+
+    def _close(self, name: str) -> None:
+        current = self._open.pop(name, None)
+        if current and current.assoc.is_established:
+            current.assoc.release()
+
+    def close_idle(self) -> None:
+        """Release associations unused for ``idle_seconds``."""
+        cutoff = time.monotonic() - self.idle_seconds
+        for name in [n for n, o in self._open.items() if o.last_used < cutoff]:
+            self._close(name)
+
+    def close_all(self) -> None:
+        for name in list(self._open):
+            self._close(name)
 
 
 def _copy_to_folder(files: Sequence[Path], folder: Path) -> None:
@@ -46,37 +138,3 @@ def _copy_to_folder(files: Sequence[Path], folder: Path) -> None:
             write_durably(folder, path.name, path.read_bytes())
     except OSError as exc:
         raise DeliveryError(f"cannot write to {folder}: {exc.strerror or exc}") from exc
-
-
-def _c_store(
-    files: Sequence[Path], destination: DicomDestination, calling_ae: str, policy: DeliveryPolicy
-) -> None:
-    datasets = [dcmread(path) for path in files]
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = policy.timeout_seconds
-    ae.maximum_pdu_size = 131072
-    for sop_class, syntax in sorted(
-        {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
-    ):
-        ae.add_requested_context(sop_class, syntax)
-    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
-    assoc = ae.associate(
-        destination.host,
-        destination.port,
-        ae_title=destination.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
-    )
-    if not assoc.is_established:
-        raise DeliveryError(f"{where}: association rejected, aborted or never connected")
-    try:
-        for path, ds in zip(files, datasets, strict=True):
-            status = assoc.send_c_store(ds)
-            code = int(status.Status) if "Status" in status else None
-            if code is None:
-                raise DeliveryError(f"{where}: no C-STORE response for {path.name}")
-            # 0xB000, 0xB007, 0xB006: warnings, stored all the same (PS3.4 Table B.2-1).
-            if code != 0x0000 and code not in (0xB000, 0xB006, 0xB007):
-                raise DeliveryError(f"{where}: C-STORE of {path.name} failed, status 0x{code:04X}")
-    finally:
-        if assoc.is_established:
-            assoc.release()

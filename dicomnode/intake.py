@@ -8,28 +8,33 @@ file meta carries the sending and receiving AE titles (PS3.10 7.1, (0002,0017) a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
+from pydicom.tag import Tag
 
+from dicomnode.assembly import EXPECTED_COUNT_TAGS, expected_count
 from dicomnode.ledger import Ledger
 from dicomnode.logs import get_logger
+from dicomnode.validation import (
+    CHECKED_TAGS,
+    STATUS_CANNOT_UNDERSTAND,
+    Verdict,
+    check,
+    truncation,
+)
 
-_HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
 RECOVERED_PEER = "unknown (recovered from the spool)"
 
 
-def header_ids(data: bytes) -> tuple[dict[str, str | None], str | None]:
-    """The UIDs the ledger files an instance under, or the reason they cannot be read."""
-    try:
-        ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        ids = {tag: (str(ds[tag].value) if tag in ds else None) for tag in _HEADER_TAGS}
-    except Exception as exc:  # noqa: BLE001 - any decoding failure means "malformed"
-        return {tag: None for tag in _HEADER_TAGS}, f"malformed DICOM: {exc}"
-    if not ids["StudyInstanceUID"] or not ids["SeriesInstanceUID"]:
-        return ids, "StudyInstanceUID or SeriesInstanceUID is missing"
-    return ids, None
+@dataclass(frozen=True)
+class Registered:
+    """The ledger row an instance got, and the status its sender hears."""
+
+    instance_id: int
+    verdict: Verdict
 
 
 def register(
@@ -40,21 +45,41 @@ def register(
     peer: str,
     sop_instance_uid: str | None = None,
     sop_class_uid: str | None = None,
-) -> int:
-    """Add the ledger row for a spooled instance; unreadable UIDs file it under no study."""
-    ids, parse_error = header_ids(data)
-    return ledger.add_instance(
+) -> Registered:
+    """Check a spooled instance and add its ledger row.
+
+    ``sop_instance_uid`` and ``sop_class_uid`` are the C-STORE request's Affected SOP
+    Instance and Class UIDs, which the data set must match. A rejected instance is filed
+    under no study, with the reason, and is quarantined on its own.
+    """
+    expected = None
+    ds: Dataset
+    truncated = truncation(data)
+    try:
+        if truncated:
+            raise ValueError(truncated)
+        ds = dcmread(BytesIO(data), specific_tags=[*map(Tag, CHECKED_TAGS),
+                                                    *EXPECTED_COUNT_TAGS])
+        verdict = check(ds, sop_class_uid, sop_instance_uid,
+                        str(ds.file_meta.get("TransferSyntaxUID", "")))
+        expected = expected_count(ds)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure means "cannot understand"
+        ds = Dataset()
+        verdict = Verdict(STATUS_CANNOT_UNDERSTAND, f"malformed DICOM: {exc}")
+    accepted = verdict.accepted
+    instance_id = ledger.add_instance(
         path=str(path),
-        sop_instance_uid=ids["SOPInstanceUID"] or sop_instance_uid,
-        sop_class_uid=ids["SOPClassUID"] or sop_class_uid,
-        # An instance whose UIDs cannot be read is quarantined on its own.
-        study_uid=None if parse_error else ids["StudyInstanceUID"],
-        series_uid=None if parse_error else ids["SeriesInstanceUID"],
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")) or sop_instance_uid,
+        sop_class_uid=str(ds.get("SOPClassUID", "")) or sop_class_uid,
+        study_uid=str(ds.StudyInstanceUID) if accepted else None,
+        series_uid=str(ds.SeriesInstanceUID) if accepted else None,
         calling_ae=calling_ae,
         peer=peer,
         size=len(data),
-        parse_error=parse_error,
+        parse_error=verdict.reason,
+        expected=expected if accepted else None,
     )
+    return Registered(instance_id, verdict)
 
 
 def _sending_ae(path: Path) -> str:
@@ -76,7 +101,8 @@ def recover_spool(spool_root: Path, ledger: Ledger) -> int:
     for path in sorted(spool_root.rglob("*.dcm")):
         if str(path) in known:
             continue
-        instance_id = register(ledger, path, path.read_bytes(), _sending_ae(path), RECOVERED_PEER)
-        get_logger(instance_id=instance_id).warning("instance_recovered", path=str(path))
+        registered = register(ledger, path, path.read_bytes(), _sending_ae(path), RECOVERED_PEER)
+        get_logger(instance_id=registered.instance_id).warning(
+            "instance_recovered", path=str(path), reason=registered.verdict.reason)
         recovered += 1
     return recovered

@@ -4,10 +4,11 @@ It is the node's single source of truth, in the manner of mercure: an admin can 
 state of any study from ``dicomnode jobs list`` or from the file itself with ``sqlite3``.
 
 A job's life: ``complete`` (its instances settled) -> ``routed`` -> ``harmonized`` ->
-``delivered``; or ``quarantined`` (cannot or must not be processed; reason stated) or
-``failed`` (a step broke or a delivery ran out of retries). Instances belong to no job until
-their study settles, so an instance that arrives after its study's job was made starts a new
-job rather than being dropped.
+``delivered``; or ``quarantined`` (cannot or must not be processed; reason stated),
+``discarded`` (a rule said so; files kept for the retention period) or ``failed`` (a step
+broke or a delivery ran out of retries). Instances belong to no job until their study
+settles, so an instance that arrives after its study's job was made starts a new job, a new
+version of the old one (``supersedes``), rather than being dropped.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-JOB_STATES = ("complete", "routed", "harmonized", "delivered", "quarantined", "failed")
+JOB_STATES = (
+    "complete", "routed", "harmonized", "delivered", "quarantined", "discarded", "failed",
+)
 ACTIVE_STATES = ("complete", "routed", "harmonized")
+TERMINAL_STATES = ("delivered", "quarantined", "discarded", "failed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -36,6 +40,8 @@ CREATE TABLE IF NOT EXISTS instances (
     size INTEGER NOT NULL,
     parse_error TEXT,
     received_at REAL NOT NULL,
+    expected INTEGER,
+    purged_at REAL,
     job_id INTEGER REFERENCES jobs(id)
 );
 CREATE INDEX IF NOT EXISTS instances_unclaimed ON instances(job_id, study_uid);
@@ -48,6 +54,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     method TEXT,
     model TEXT,
     output_dir TEXT,
+    supersedes INTEGER REFERENCES jobs(id),
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -72,6 +79,14 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
+# Columns added after the first release; older ledgers get them at open.
+_ADDED_COLUMNS = (
+    ("instances", "expected", "INTEGER"),
+    ("instances", "purged_at", "REAL"),
+    ("jobs", "supersedes", "INTEGER REFERENCES jobs(id)"),
+)
+
+
 @dataclass(frozen=True)
 class Instance:
     id: int
@@ -85,6 +100,8 @@ class Instance:
     size: int
     parse_error: str | None
     received_at: float
+    expected: int | None
+    purged_at: float | None
     job_id: int | None
 
 
@@ -98,6 +115,7 @@ class Job:
     method: str | None
     model: str | None
     output_dir: str | None
+    supersedes: int | None
     created_at: float
     updated_at: float
 
@@ -130,6 +148,14 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a ledger written by an earlier version up to this schema, in place."""
+        for table, column, kind in _ADDED_COLUMNS:
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -160,29 +186,49 @@ class Ledger:
         peer: str,
         size: int,
         parse_error: str | None = None,
+        expected: int | None = None,
     ) -> int:
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO instances (path, sop_instance_uid, sop_class_uid, study_uid,"
-                " series_uid, calling_ae, peer, size, parse_error, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " series_uid, calling_ae, peer, size, parse_error, received_at, expected)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (path, sop_instance_uid, sop_class_uid, study_uid, series_uid, calling_ae,
-                 peer, size, parse_error, time.time()),
+                 peer, size, parse_error, time.time(), expected),
             )
             return int(cursor.lastrowid or 0)
+
+    def last_received(self) -> float | None:
+        with self._lock:
+            return self._db.execute("SELECT MAX(received_at) FROM instances").fetchone()[0]
 
     def instance_paths(self) -> set[str]:
         with self._lock:
             return {row[0] for row in self._db.execute("SELECT path FROM instances")}
 
-    def settled_studies(self, settle_seconds: float, now: float | None = None) -> list[str]:
-        """Studies with unclaimed instances and none received in the last settle_seconds."""
+    def settled_studies(
+        self, settle_seconds: float, now: float | None = None, quiet_since: float = 0.0
+    ) -> list[str]:
+        """Studies whose unclaimed instances are complete.
+
+        Complete as soon as every unclaimed series of the study has its expected count
+        (from its header: phases x slices), else once nothing arrived for settle_seconds
+        since the later of the last instance and ``quiet_since`` (the node's start: a
+        sender cut off by a crash gets the quiet period again to send the rest).
+        """
         cutoff = (now if now is not None else time.time()) - settle_seconds
         with self._lock:
             rows = self._db.execute(
                 "SELECT study_uid FROM instances WHERE job_id IS NULL AND study_uid IS NOT NULL"
-                " GROUP BY study_uid HAVING MAX(received_at) <= ?",
-                (cutoff,),
+                " GROUP BY study_uid HAVING MAX(MAX(received_at), ?) <= ?"
+                " UNION"
+                " SELECT study_uid FROM ("
+                "   SELECT study_uid, COUNT(DISTINCT sop_instance_uid) AS n,"
+                "          MAX(expected) AS e, SUM(expected IS NULL) AS unknown"
+                "   FROM instances WHERE job_id IS NULL AND study_uid IS NOT NULL"
+                "   GROUP BY study_uid, series_uid)"
+                " GROUP BY study_uid HAVING SUM(unknown > 0 OR n < e) = 0",
+                (quiet_since, cutoff),
             ).fetchall()
         return [row["study_uid"] for row in rows]
 
@@ -195,6 +241,17 @@ class Ledger:
             ).fetchall()
         return [Instance(**dict(row)) for row in rows]
 
+    def series_jobs(self, series_uids: Sequence[str]) -> list[int]:
+        """Jobs that already hold instances of these series, oldest first."""
+        marks = ",".join("?" * len(series_uids))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT DISTINCT job_id FROM instances WHERE job_id IS NOT NULL"
+                f" AND series_uid IN ({marks}) ORDER BY job_id",
+                tuple(series_uids),
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def instances(self, job_id: int) -> list[Instance]:
         with self._lock:
             rows = self._db.execute(
@@ -205,16 +262,20 @@ class Ledger:
     # --- jobs ----------------------------------------------------------------------------
 
     def create_job(
-        self, study_uid: str | None, instance_ids: Sequence[int], reason: str | None = None
+        self,
+        study_uid: str | None,
+        instance_ids: Sequence[int],
+        reason: str | None = None,
+        supersedes: int | None = None,
     ) -> int:
         """Make a job that claims the given instances; quarantined at once when a reason."""
         now = time.time()
         state = "quarantined" if reason else "complete"
         with self._transaction() as db:
             cursor = db.execute(
-                "INSERT INTO jobs (study_uid, state, reason, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (study_uid, state, reason, now, now),
+                "INSERT INTO jobs (study_uid, state, reason, supersedes, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (study_uid, state, reason, supersedes, now, now),
             )
             job_id = int(cursor.lastrowid or 0)
             db.executemany(
@@ -267,6 +328,43 @@ class Ledger:
                 "SELECT at, state, message FROM events WHERE job_id = ? ORDER BY id", (job_id,)
             ).fetchall()
         return [(row["at"], row["state"], row["message"]) for row in rows]
+
+    def purgeable(self, states: Sequence[str], before: float) -> list[Job]:
+        """Terminal jobs in ``states`` last changed before ``before`` that still hold files."""
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT DISTINCT j.* FROM jobs j JOIN instances i ON i.job_id = j.id"
+                f" WHERE j.state IN ({marks}) AND j.updated_at < ? AND i.purged_at IS NULL"
+                f" ORDER BY j.id",
+                (*states, before),
+            ).fetchall()
+        return [Job(**dict(row)) for row in rows]
+
+    def mark_purged(self, job_id: int) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE instances SET purged_at = ? WHERE job_id = ? AND purged_at IS NULL",
+                (now, job_id),
+            )
+            db.execute(
+                "INSERT INTO events (job_id, at, state, message)"
+                " SELECT id, ?, state, 'files purged' FROM jobs WHERE id = ?",
+                (now, job_id),
+            )
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by state, plus unclaimed instances and pending deliveries (status, metrics)."""
+        with self._lock:
+            counts = dict.fromkeys(JOB_STATES, 0)
+            for state, n in self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+                counts[state] = n
+            counts["unclaimed_instances"] = self._db.execute(
+                "SELECT COUNT(*) FROM instances WHERE job_id IS NULL").fetchone()[0]
+            counts["pending_deliveries"] = self._db.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetchone()[0]
+        return counts
 
     def retry(self, job_id: int) -> None:
         """Send a quarantined or failed job through the pipeline again, from routing."""

@@ -2,24 +2,41 @@
 
 Each instance is written to the spool and recorded in the ledger before Success goes back;
 if either fails the sender hears 0xA700 (out of resources) and can send again.
+
+Admission happens here too. An association is refused with A-ASSOCIATE-RJ (PS3.8 9.3.4,
+Table 9-21) when the calling AE is not on the allowlist or sends from a host it may not use
+(rejected-permanent, service-user, calling-AE-title-not-recognized), when the called AE is
+not ours (called-AE-title-not-recognized), or when the node is short of disk or already
+serves ``max_associations`` senders (rejected-transient, service-provider presentation
+related, local-limit-exceeded: the sender should try again later). Within an association a
+C-STORE that would fill the disk, or an instance above ``max_instance_mb``, is answered
+0xA700 (PS3.4 Table B.2-1) and not stored. With TLS (PS3.15 B.9) every connection is wrapped
+before the association starts.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
+import threading
 from io import BytesIO
 
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicomnode.config import NodeConfig
 from dicomnode.intake import register
 from dicomnode.ledger import Ledger
 from dicomnode.logs import get_logger
+from dicomnode.metrics import MIB, NodeMetrics, free_disk_mb
+from dicomnode.security import CallerPolicy, server_context
 from dicomnode.spool import Spool
 
 # Uncompressed and the lossless/lossy compressed syntaxes scanners and PACS send. pynetdicom's
@@ -43,6 +60,19 @@ TRANSFER_SYNTAXES = [
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 Table 9-21.
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE not recognized
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service-user, called AE not recognized
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, presentation provider, local limit
+
+# Why pynetdicom's own checks rejected (require_called_aet and maximum_associations are the
+# only ones configured), as the reason label of the metric.
+_PYNETDICOM_REASONS = {
+    REJECT_CALLED_AE: "called_ae_unknown",
+    REJECT_LOCAL_LIMIT: "too_many_associations",
+}
+
+
 def set_nodelay(event: Event) -> None:
     """Turn Nagle off on every association socket: otherwise each C-STORE waits ~45 ms."""
     sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
@@ -50,36 +80,132 @@ def set_nodelay(event: Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class StoreHandler:
-    """C-STORE: spool, ledger, then Success; anything else is out of resources."""
+def _peer(assoc: Association) -> str:
+    return f"{assoc.requestor.address}:{assoc.requestor.port}"
 
-    def __init__(self, spool: Spool, ledger: Ledger) -> None:
+
+class Admission:
+    """Association-time checks, and the log line and metric of every refusal."""
+
+    def __init__(
+        self, config: NodeConfig, spool: Spool, metrics: NodeMetrics | None
+    ) -> None:
+        self.callers = CallerPolicy(config.security.allowed_callers)
+        self.called_ae = config.ae_title.strip()
+        self.min_free_disk_mb = config.admission.min_free_disk_mb
+        self.spool = spool
+        self.metrics = metrics
+
+    def refused(self, reason: str, **facts: object) -> None:
+        get_logger(**facts).warning("association_rejected", reason=reason)
+        if self.metrics is not None:
+            self.metrics.association_rejected(reason)
+
+    def on_requested(self, event: Event) -> None:
+        """EVT_REQUESTED: refuse an unknown AE, a known one from a wrong host, low disk.
+
+        The caller is checked here rather than with pynetdicom's ``require_calling_aet``,
+        whose empty list means "anyone" where an empty allowlist means "no one". A request
+        for another called AE is left to pynetdicom's ``require_called_aet``, so the sender
+        hears that reason.
+        """
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        assert isinstance(request, A_ASSOCIATE)
+        calling_ae = str(request.calling_ae_title).strip()
+        if request.called_ae_title.strip() != self.called_ae:
+            return
+        if not self.callers.knows(calling_ae):
+            self._reject(assoc, calling_ae, REJECT_CALLING_AE, "calling_ae_unknown")
+        elif not self.callers.host_allowed(calling_ae, assoc.requestor.address):
+            self._reject(assoc, calling_ae, REJECT_CALLING_AE, "calling_ae_wrong_host")
+        elif (free := free_disk_mb(self.spool.root)) < self.min_free_disk_mb:
+            self._reject(assoc, calling_ae, REJECT_LOCAL_LIMIT, "low_disk",
+                         free_disk_mb=round(free, 1), min_free_disk_mb=self.min_free_disk_mb)
+
+    def _reject(
+        self, assoc: Association, calling_ae: str, rsd: tuple[int, int, int], reason: str,
+        **facts: object,
+    ) -> None:
+        assoc.acse.send_reject(*rsd)
+        self.refused(reason, calling_ae=calling_ae, peer=_peer(assoc), rejection=rsd, **facts)
+        # As pynetdicom does after its own rejections: wait until the A-ASSOCIATE-RJ is out
+        # and the sender has closed (or ARTIM expired) before the connection is dropped.
+        assoc.kill()
+
+    def on_rejected(self, event: Event) -> None:
+        """EVT_REJECTED: log and count the rejections pynetdicom made itself."""
+        assoc = event.assoc
+        answer = assoc.acceptor.primitive
+        request = assoc.requestor.primitive
+        assert isinstance(answer, A_ASSOCIATE) and isinstance(request, A_ASSOCIATE)
+        rsd = (int(answer.result or 0), int(answer.result_source or 0),
+               int(answer.diagnostic or 0))
+        self.refused(_PYNETDICOM_REASONS.get(rsd, "other"), calling_ae=request.calling_ae_title,
+                     called_ae=request.called_ae_title, peer=_peer(assoc), rejection=rsd)
+
+
+class StoreHandler:
+    """C-STORE: limits, spool, ledger, then Success; anything else is out of resources."""
+
+    def __init__(
+        self, config: NodeConfig, spool: Spool, ledger: Ledger, metrics: NodeMetrics | None = None
+    ) -> None:
         self.spool = spool
         self.ledger = ledger
+        self.metrics = metrics
+        self.max_instance_bytes = config.admission.max_instance_mb * MIB
+        self.min_free_disk_mb = config.admission.min_free_disk_mb
+
+    def _refuse(self, reason: str) -> int:
+        if self.metrics is not None:
+            self.metrics.instance_refused(reason)
+        return STATUS_OUT_OF_RESOURCES
 
     def __call__(self, event: Event) -> int:
         requestor = event.assoc.requestor
         request = event.request
-        assert isinstance(request, C_STORE)
+        assert isinstance(request, C_STORE) and isinstance(request.DataSet, BytesIO)
         sop_uid = str(request.AffectedSOPInstanceUID)
-        log = get_logger(calling_ae=requestor.ae_title, sop_instance_uid=sop_uid)
+        log = get_logger(calling_ae=requestor.ae_title, peer=_peer(event.assoc),
+                         sop_instance_uid=sop_uid)
+        size = request.DataSet.getbuffer().nbytes
+        if size > self.max_instance_bytes:
+            log.warning("instance_too_large", size=size,
+                        max_instance_bytes=int(self.max_instance_bytes))
+            return self._refuse("too_large")
+        free = free_disk_mb(self.spool.root)
+        if free - size / MIB < self.min_free_disk_mb:
+            # Refuse before the disk is full: the ledger and the jobs' outputs need room too.
+            log.error("disk_low", free_disk_mb=round(free, 1),
+                      min_free_disk_mb=self.min_free_disk_mb)
+            return self._refuse("low_disk")
         try:
             data = _as_file(event)
             path = self.spool.store(data)
         except Exception as exc:  # noqa: BLE001 - never answer Success for an unwritten file
             log.error("spool_write_failed", error=str(exc))
-            return STATUS_OUT_OF_RESOURCES
+            return self._refuse("spool_write_failed")
         try:
-            instance_id = register(
-                self.ledger, path, data, requestor.ae_title,
-                f"{requestor.address}:{requestor.port}",
+            registered = register(
+                self.ledger, path, data, requestor.ae_title, _peer(event.assoc),
                 sop_uid, str(request.AffectedSOPClassUID),
             )
         except Exception as exc:  # noqa: BLE001
             path.unlink(missing_ok=True)
             log.error("ledger_write_failed", error=str(exc))
-            return STATUS_OUT_OF_RESOURCES
-        log.debug("instance_stored", instance_id=instance_id, path=str(path))
+            return self._refuse("ledger_write_failed")
+        verdict = registered.verdict
+        if not verdict.accepted:
+            # Kept and quarantined for the admin; the sender hears what is wrong (PS3.4 B.2).
+            log.warning("instance_not_accepted", instance_id=registered.instance_id,
+                        status=f"0x{verdict.status:04X}", reason=verdict.reason)
+            if self.metrics is not None:
+                self.metrics.instance_refused("invalid")
+            return verdict.status
+        log.debug("instance_stored", instance_id=registered.instance_id, path=str(path))
+        if self.metrics is not None:
+            self.metrics.instance_received(requestor.ae_title, len(data))
         return STATUS_SUCCESS
 
 
@@ -94,33 +220,113 @@ def _as_file(event: Event) -> bytes:
 
 
 def _log_association(event: Event) -> None:
-    requestor = event.assoc.requestor
+    assoc = event.assoc
+    facts: dict[str, object] = {}
+    sock = assoc.dul.socket.socket if assoc.dul.socket else None
+    if isinstance(sock, ssl.SSLSocket):
+        # Who the certificate says the sender is, for the audit trail (PS3.15 B.1).
+        subject = (sock.getpeercert() or {}).get("subject", ())
+        names = [pair[1] for rdn in subject for pair in rdn if pair[0] == "commonName"]
+        facts = {"tls": sock.version(), "tls_subject": names[0] if names else None}
     get_logger().info(
         "association_" + event.event.name.removeprefix("EVT_").lower(),
-        calling_ae=requestor.ae_title,
-        peer=f"{requestor.address}:{requestor.port}",
+        calling_ae=assoc.requestor.ae_title, peer=_peer(assoc), **facts,
     )
 
 
+class NodeServer(ThreadedAssociationServer):
+    """The SCP's listening socket, with the TLS handshake moved off the accept loop.
+
+    pynetdicom wraps each accepted socket in TLS inside ``get_request``, in the one thread
+    that accepts every connection, and the accepted socket has no timeout: one client that
+    connects and says nothing would stop the node from accepting anyone. Here the handshake
+    runs in the connection's own thread, bounded by the ACSE timeout.
+    """
+
+    metrics: NodeMetrics | None = None
+    thread: threading.Thread | None = None
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        return client, address
+
+    def process_request_thread(
+        self, request: socket.socket | tuple[bytes, socket.socket],
+        client_address: tuple[str, int] | str,
+    ) -> None:
+        if self.ssl_context is not None and isinstance(request, socket.socket):
+            wrapped = self._handshake(request, client_address)
+            if wrapped is None:
+                return
+            request = wrapped
+        super().process_request_thread(request, client_address)
+
+    def _handshake(
+        self, client: socket.socket, address: tuple[str, int] | str
+    ) -> ssl.SSLSocket | None:
+        assert self.ssl_context is not None
+        client.settimeout(self.ae.acse_timeout)
+        try:
+            wrapped = self.ssl_context.wrap_socket(client, server_side=True)
+        except OSError as exc:  # ssl.SSLError and timeouts are OSErrors
+            peer = ":".join(map(str, address)) if isinstance(address, tuple) else address
+            get_logger(peer=peer).warning(
+                "association_rejected", reason="tls_handshake_failed", error=str(exc))
+            if self.metrics is not None:
+                self.metrics.association_rejected("tls_handshake_failed")
+            self.shutdown_request(client)
+            return None
+        # Back to blocking, as pynetdicom expects of an accepted socket (it selects first).
+        wrapped.settimeout(None)
+        return wrapped
+
+    def is_serving(self) -> bool:
+        """Whether the accept loop is running: /healthz reports the SCP down otherwise."""
+        return self.thread is not None and self.thread.is_alive()
+
+
 def start_server(
-    ae_title: str, host: str, port: int, max_pdu: int, spool: Spool, ledger: Ledger
-) -> ThreadedAssociationServer:
-    """Start the SCP in background threads and return the server (call .shutdown())."""
-    ae = AE(ae_title=ae_title)
-    ae.maximum_pdu_size = max_pdu
+    config: NodeConfig, spool: Spool, ledger: Ledger, metrics: NodeMetrics | None = None
+) -> NodeServer:
+    """Start the SCP of ``config`` in background threads and return it (call .shutdown())."""
+    log = get_logger()
+    ae = AE(ae_title=config.ae_title)
+    ae.maximum_pdu_size = config.max_pdu
+    ae.maximum_associations = config.admission.max_associations
     # Senders must address this node by its AE title, as a PACS admin configures it.
     ae.require_called_aet = True
+    admission = Admission(config, spool, metrics)
+    if admission.callers.accepts_any:
+        log.warning("any_calling_ae_accepted",
+                    hint="set security.allowed_callers to accept only known senders")
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
     handlers: list[EventHandlerType] = [
         (evt.EVT_CONN_OPEN, set_nodelay),
-        (evt.EVT_C_STORE, StoreHandler(spool, ledger)),
+        (evt.EVT_REQUESTED, admission.on_requested),
+        (evt.EVT_REJECTED, admission.on_rejected),
+        (evt.EVT_C_STORE, StoreHandler(config, spool, ledger, metrics)),
         (evt.EVT_ESTABLISHED, _log_association),
         (evt.EVT_RELEASED, _log_association),
         (evt.EVT_ABORTED, _log_association),
     ]
-    server = ae.start_server((host, port), block=False, evt_handlers=handlers)
-    assert server is not None
+    tls = config.security.tls
+    server = ae.make_server(
+        (config.host, config.port), evt_handlers=handlers,
+        ssl_context=server_context(tls) if tls else None, server_class=NodeServer,
+    )
+    assert isinstance(server, NodeServer)
+    server.metrics = metrics
+    # What AE.start_server(block=False) does, with our server class: a daemon accept thread,
+    # and the server listed on the AE so that its shutdown() finds it.
+    server.thread = threading.Thread(
+        target=server.serve_forever, name=f"{config.ae_title}-acceptor", daemon=True)
+    server.thread.start()
+    ae._servers.append(server)
+    log.info("scp_listening", ae_title=config.ae_title, host=config.host, port=config.port,
+             tls=tls is not None, allowed_callers=None if admission.callers.accepts_any
+             else admission.callers.titles)
     return server

@@ -6,10 +6,11 @@ import signal
 import threading
 from types import FrameType
 
-from dicomnode.config import NodeConfig
+from dicomnode.config import ConfigError, NodeConfig
 from dicomnode.intake import recover_spool
 from dicomnode.ledger import Ledger
 from dicomnode.logs import get_logger
+from dicomnode.metrics import NodeMetrics
 from dicomnode.network import start_server
 from dicomnode.pipeline import Pipeline
 from dicomnode.routing import RuleSet
@@ -34,30 +35,45 @@ def check_models(rules: RuleSet) -> list[str]:
     return problems
 
 
-def serve(config: NodeConfig, stop: threading.Event | None = None) -> None:
-    """Run the node until ``stop`` is set or the process gets SIGTERM/SIGINT."""
-    stop = stop or threading.Event()
-    log = get_logger()
+def load_rules(config: NodeConfig) -> RuleSet:
+    """The rules file, validated against the node's destinations, with its models checked."""
     rules = RuleSet.load(config.rules, set(config.destinations))
     for problem in check_models(rules):
-        log.error("model_unusable", problem=problem)
+        get_logger().error("model_unusable", problem=problem)
+    return rules
+
+
+def serve(config: NodeConfig, stop: threading.Event | None = None) -> None:
+    """Run the node until ``stop`` is set or the process gets SIGTERM/SIGINT.
+
+    SIGHUP reloads the rules file; a file that does not validate leaves the running rules
+    in place and the log says why.
+    """
+    stop = stop or threading.Event()
+    reload = threading.Event()
+    log = get_logger()
+    rules = load_rules(config)
     ledger = Ledger(config.ledger_path)
     recovered = recover_spool(config.spool_dir, ledger)
     if recovered:
         log.warning("spool_recovered", instances=recovered)
-    pipeline = Pipeline(config, ledger, rules)
+    metrics = NodeMetrics(config, ledger)
+    pipeline = Pipeline(config, ledger, rules, metrics)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         log.info("node_stopping", signal=signal.Signals(signum).name)
         stop.set()
 
+    def _reload(_signum: int, _frame: FrameType | None) -> None:
+        reload.set()  # applied by the loop within one poll
+
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGHUP, _reload)
 
-    server = start_server(
-        config.ae_title, config.host, config.port, config.max_pdu, Spool(config.spool_dir), ledger
-    )
+    server = start_server(config, Spool(config.spool_dir), ledger, metrics)
+    metrics.start(server.is_serving)
     log.info(
         "node_started", ae_title=config.ae_title, host=config.host, port=config.port,
         rules=str(config.rules), var_dir=str(config.var_dir),
@@ -66,9 +82,25 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> None:
     poll = min(0.5, max(0.05, config.settle_seconds / 4))
     try:
         while not stop.is_set():
+            if reload.is_set():
+                reload.clear()
+                pipeline.rules = _reloaded(config, pipeline.rules)
             pipeline.run_once()
             stop.wait(poll)
     finally:
+        metrics.stop()
         server.shutdown()
+        pipeline.close()
         ledger.close()
         log.info("node_stopped")
+
+
+def _reloaded(config: NodeConfig, running: RuleSet) -> RuleSet:
+    """The new rules, or the running ones when the file does not validate."""
+    try:
+        rules = load_rules(config)
+    except ConfigError as exc:
+        get_logger().error("rules_reload_refused", error=str(exc), kept=running.source)
+        return running
+    get_logger().info("rules_reloaded", rules=len(rules.rules), source=rules.source)
+    return rules

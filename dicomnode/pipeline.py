@@ -23,10 +23,12 @@ from dicomnode.assembly import (
     unsupported_reason,
 )
 from dicomnode.config import NodeConfig
-from dicomnode.delivery import DeliveryError, backoff_seconds, deliver
+from dicomnode.delivery import DeliveryError, Outbox, backoff_seconds
 from dicomnode.ledger import Instance, Job, Ledger
 from dicomnode.logs import get_logger
+from dicomnode.metrics import NodeMetrics
 from dicomnode.provenance import Provenance, config_hash, derived_series
+from dicomnode.retention import DAY_SECONDS, job_dir, purge_job
 from dicomnode.routing import Rule, RuleSet
 from dicomnode.spool import write_durably
 from harmonizers.base import ModelError
@@ -36,10 +38,16 @@ from harmonizers.registry import load_model
 class Pipeline:
     """Moves every job one step per call of :meth:`run_once`."""
 
-    def __init__(self, config: NodeConfig, ledger: Ledger, rules: RuleSet) -> None:
+    def __init__(
+        self, config: NodeConfig, ledger: Ledger, rules: RuleSet,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
         self.config = config
         self.ledger = ledger
         self.rules = rules
+        self.metrics = metrics
+        self.outbox = Outbox(config.ae_title, config.delivery)
+        self.started_at = time.time()
 
     def run_once(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -49,6 +57,11 @@ class Pipeline:
         for job in self.ledger.jobs(["routed"]):
             self._guarded(job, self.produce)
         self.deliver_due(now)
+        self.outbox.close_idle()
+        self.purge_expired(now)
+
+    def close(self) -> None:
+        self.outbox.close_all()
 
     def _guarded(self, job: Job, step: Callable[[Job], None]) -> None:
         """Run one step; an unexpected error fails that job and leaves the others running."""
@@ -62,33 +75,47 @@ class Pipeline:
     # --- settle --------------------------------------------------------------------------
 
     def claim_settled(self, now: float) -> None:
-        """Turn quiet studies into jobs: one per acquisition, one per unusable series."""
+        """Turn complete studies into jobs: one per acquisition, one per other series."""
         for instance in self.ledger.unclaimed(None):
             job_id = self.ledger.create_job(None, [instance.id], instance.parse_error)
-            get_logger(job_id=job_id).warning(
-                "job_quarantined", reason=instance.parse_error, path=instance.path,
-                calling_ae=instance.calling_ae,
+            get_logger(job_id=job_id, path=instance.path).warning(
+                "job_quarantined", reason=instance.parse_error, calling_ae=instance.calling_ae,
             )
-        for study_uid in self.ledger.settled_studies(self.config.settle_seconds, now):
-            for instance_ids, reason in _split_study(self.ledger.unclaimed(study_uid)):
-                job_id = self.ledger.create_job(study_uid, instance_ids, reason)
-                log = get_logger(job_id=job_id, study_uid=study_uid)
-                if reason:
-                    log.warning("job_quarantined", reason=reason, instances=len(instance_ids))
-                else:
-                    log.info("job_complete", instances=len(instance_ids))
+        settled = self.ledger.settled_studies(self.config.settle_seconds, now, self.started_at)
+        for study_uid in settled:
+            for group in _split_study(self.ledger.unclaimed(study_uid)):
+                self._make_job(study_uid, group)
+
+    def _make_job(self, study_uid: str, group: JobGroup) -> None:
+        earlier = self.ledger.series_jobs(group.series_uids) if group.series_uids else []
+        reason = group.reason
+        if earlier and reason is None and self.config.late_instances == "quarantine":
+            reason = f"arrived after job {earlier[-1]} had taken its series (policy: quarantine)"
+        job_id = self.ledger.create_job(
+            study_uid, group.instance_ids, reason, supersedes=earlier[-1] if earlier else None
+        )
+        log = get_logger(job_id=job_id, study_uid=study_uid, series_uids=group.series_uids)
+        if reason:
+            log.warning("job_quarantined", reason=reason, instances=len(group.instance_ids))
+        else:
+            log.info("job_complete", instances=len(group.instance_ids),
+                     supersedes=earlier[-1] if earlier else None)
 
     # --- route ---------------------------------------------------------------------------
 
     def route(self, job: Job) -> None:
         log = get_logger(job_id=job.id, study_uid=job.study_uid)
         instances = self.ledger.instances(job.id)
-        decision = self.rules.route(read_header(Path(instances[0].path)))
+        header = read_header(Path(instances[0].path))
+        decision = self.rules.route(header)
         rule = decision.rule
         log.info("job_routed", rule=rule.name, action=rule.action, skipped=list(decision.skipped))
-        if rule.action == "quarantine":
-            reason = f"rule {rule.name!r} quarantines it"
-            self.ledger.update_job(job.id, "quarantined", reason, reason=reason, rule=rule.name)
+        if rule.action in ("quarantine", "discard"):
+            state = "quarantined" if rule.action == "quarantine" else "discarded"
+            what = unsupported_reason(header)
+            reason = f"rule {rule.name!r} {rule.action}s it" + (f" ({what})" if what else "")
+            self.ledger.update_job(job.id, state, reason, reason=reason, rule=rule.name)
+            log.warning(f"job_{state}", reason=reason)
             return
         self.ledger.update_job(
             job.id, "routed", f"rule {rule.name}: {rule.action}",
@@ -99,14 +126,13 @@ class Pipeline:
 
     def produce(self, job: Job) -> None:
         log = get_logger(job_id=job.id, study_uid=job.study_uid, rule=job.rule)
-        rule = next((r for r in self.rules.rules if r.name == job.rule), None)
+        rule = self.rules.rule(job.rule)
         if rule is None:
             self.ledger.update_job(job.id, "complete", f"rule {job.rule!r} is gone; routing again")
             return
-        instances = self.ledger.instances(job.id)
         try:
             harmonize = rule.action == "harmonize"
-            output_dir = self._harmonize(job, rule, instances) if harmonize else None
+            output_dir = self._harmonize(job, rule) if harmonize else None
         except (AssemblyError, ModelError) as exc:
             log.warning("job_quarantined", reason=str(exc))
             self.ledger.update_job(job.id, "quarantined", str(exc), reason=str(exc))
@@ -119,13 +145,32 @@ class Pipeline:
         )
         log.info("job_harmonized", output_dir=str(output_dir), destinations=destinations)
 
-    def _harmonize(self, job: Job, rule: Rule, instances: list[Instance]) -> Path:
+    def _version_instances(self, job: Job) -> list[Instance]:
+        """The job's instances and, for a new version, those of every version before it."""
+        chain: list[Instance] = []
+        current: Job | None = job
+        while current is not None:
+            chain.extend(self.ledger.instances(current.id))
+            current = self.ledger.job(current.supersedes) if current.supersedes else None
+        missing = [i for i in chain if i.purged_at is not None]
+        if missing:
+            raise AssemblyError(
+                f"{len(missing)} earlier instances of this series were purged; send the whole "
+                "series again"
+            )
+        return sorted(chain, key=lambda i: i.id)
+
+    def _harmonize(self, job: Job, rule: Rule) -> Path:
         assert rule.method and rule.model
+        instances = self._version_instances(job)
         assembled = assemble([dcmread(instance.path) for instance in instances])
         acquisition = assembled.acquisition
         loaded = load_model(rule.method, rule.model)
         loaded.check_source(acquisition.domain)
+        started = time.perf_counter()
         harmonized = loaded.harmonizer.harmonize(acquisition)
+        if self.metrics:
+            self.metrics.observe_harmonize(time.perf_counter() - started)
         provenance = Provenance(
             method=rule.method,
             model=loaded.name,
@@ -135,7 +180,7 @@ class Pipeline:
             source_domain=acquisition.domain.name if acquisition.domain else "unknown",
             target_domain=str(loaded.card.get("target_domain", "unknown")),
         )
-        output_dir = self.config.jobs_dir / f"{job.id:08d}" / "out"
+        output_dir = job_dir(self.config, job.id) / "out"
         for index, ds in enumerate(derived_series(assembled, harmonized, provenance)):
             buffer = BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
@@ -157,7 +202,7 @@ class Pipeline:
             )
             destination = self.config.destinations[delivery.destination]
             try:
-                deliver(files, destination, f"job-{job.id:08d}", self.config.ae_title, policy)
+                self.outbox.send(delivery.destination, destination, files, f"job-{job.id:08d}")
             except (DeliveryError, OSError, ValueError) as exc:
                 attempts = delivery.attempts + 1
                 dead = attempts >= policy.max_attempts
@@ -166,6 +211,8 @@ class Pipeline:
                     delivery.id, "failed" if dead else "pending", str(exc), retry_at
                 )
                 log.warning("delivery_failed", attempt=attempts, error=str(exc), final=dead)
+                if self.metrics:
+                    self.metrics.delivery_failed(delivery.destination)
             else:
                 self.ledger.record_attempt(delivery.id, "delivered", None, now)
                 log.info("delivery_done", instances=len(files))
@@ -187,26 +234,64 @@ class Pipeline:
             self.ledger.update_job(job_id, "failed", reason, reason=reason)
             get_logger(job_id=job_id).error("job_failed", step="deliver", reason=reason)
 
+    # --- retention -----------------------------------------------------------------------
 
-def _split_study(instances: list[Instance]) -> list[tuple[list[int], str | None]]:
-    """Group a settled study's instances into jobs, each with its quarantine reason or None."""
-    unusable: dict[tuple[str | None, str], list[int]] = defaultdict(list)
-    usable: dict[int, int] = {}  # id(header) -> instance id
+    def purge_expired(self, now: float) -> None:
+        """Delete the files of jobs past their retention period (config ``retention``)."""
+        retention = self.config.retention
+        for state, days in (("discarded", retention.discarded_days),
+                            ("delivered", retention.delivered_days)):
+            if days is not None:
+                for job in self.ledger.purgeable([state], now - days * DAY_SECONDS):
+                    purge_job(self.ledger, self.config, job)
+
+
+class JobGroup:
+    """Instances that become one job, and why it is quarantined at once (or None)."""
+
+    def __init__(self, instances: list[Instance], reason: str | None = None) -> None:
+        self.instance_ids = [i.id for i in instances]
+        self.series_uids = sorted({i.series_uid for i in instances if i.series_uid})
+        self.reason = reason
+
+
+def _split_study(instances: list[Instance]) -> list[JobGroup]:
+    """Group a settled study's instances into jobs.
+
+    MR images that can be harmonized go by acquisition (one multiphase series, or per-phase
+    series on one geometry); any other object goes by series and is routed on its own, so
+    a rule may pass a SEG or SR through. Unreadable files are quarantined at once.
+    """
+    unreadable: dict[tuple[str | None, str], list[Instance]] = defaultdict(list)
+    others: dict[str | None, list[Instance]] = defaultdict(list)
+    by_header: dict[int, Instance] = {}
     headers: list[Dataset] = []
     for instance in instances:
         try:
             header = read_header(Path(instance.path))
         except AssemblyError as exc:
-            unusable[(instance.series_uid, str(exc))].append(instance.id)
+            unreadable[(instance.series_uid, str(exc))].append(instance)
             continue
-        reason = unsupported_reason(header)
-        if reason:
-            unusable[(instance.series_uid, reason)].append(instance.id)
+        if unsupported_reason(header):
+            others[instance.series_uid].append(instance)
         else:
-            usable[id(header)] = instance.id
+            by_header[id(header)] = instance
             headers.append(header)
-    jobs: list[tuple[list[int], str | None]] = [
-        ([usable[id(ds)] for ds in group], None) for group in group_acquisitions(headers)
-    ]
-    jobs.extend((ids, reason) for (_, reason), ids in unusable.items())
-    return jobs
+    acquisitions = [[by_header[id(ds)] for ds in group] for group in group_acquisitions(headers)]
+    # A series split over several geometries is broken (a slice of other Rows, say): it is
+    # held whole rather than harmonized in pieces.
+    seen: dict[str | None, int] = defaultdict(int)
+    for acquisition in acquisitions:
+        for series_uid in {i.series_uid for i in acquisition}:
+            seen[series_uid] += 1
+    broken = {uid for uid, n in seen.items() if n > 1}
+    touched = [a for a in acquisitions if {i.series_uid for i in a} & broken]
+    groups = [JobGroup(a) for a in acquisitions if not {i.series_uid for i in a} & broken]
+    if touched:
+        names = ", ".join(sorted(uid or "?" for uid in broken))
+        groups.append(JobGroup([i for a in touched for i in a],
+                               f"series {names}: its instances differ in geometry "
+                               "(Rows, Columns, orientation or pixel spacing)"))
+    groups += [JobGroup(members) for members in others.values()]
+    groups += [JobGroup(members, reason) for (_, reason), members in unreadable.items()]
+    return groups

@@ -1,25 +1,35 @@
-"""Fit the shipped histogram models from virtual-scanner cohorts (``make models``).
+"""Fit the shipped models from virtual-scanner cohorts (``make models``).
 
-    python -m harmonizers.make_models [--out DIR] [--sources ge-1.5t ...]
+    python -m harmonizers.make_models [--method histogram|physics] [--out DIR]
+                                      [--sources ge-1.5t ...]
 
 For every simulated scanner profile except the reference ``siemens-3t``, it renders an
 unpaired training cohort on the source and on the reference profile, fits
-``histogram-<source>_to_siemens-3t`` and evaluates it on held-out patients rendered on both:
+``<method>-<source>_to_siemens-3t`` (default method ``histogram``) and evaluates it on
+held-out patients rendered on both:
 the 1D Wasserstein distance between the body intensities of the source rendering and of the
 reference rendering of the same patient, before and after harmonization. The figures go
 into each model's card. The seeds below are disjoint from the low seeds tests use.
+
+The acquisitions carry TR, TE and flip angle from the profile, as the node reads them from
+the headers. ``physics`` learns only the target protocol and pre-contrast levels from the
+``siemens-3t`` cohort; the contrast agents come from the profiles, since the node's
+acquisitions do not carry ContrastBolusAgent.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.stats import wasserstein_distance
 from tqdm import tqdm
 
@@ -27,12 +37,23 @@ from dicomnode.paths import models_dir
 from evaluation.virtual_scanner.cohort import render_patient
 from evaluation.virtual_scanner.profiles import load_profile
 from harmonizers.acquisition import Acquisition
+from harmonizers.base import Harmonizer
+from harmonizers.cyclegan import CycleGANHarmonizer
 from harmonizers.domain import ScannerDomain
 from harmonizers.histogram import HistogramHarmonizer
 from harmonizers.model_store import save_model
+from harmonizers.physics import PhysicsHarmonizer
+from harmonizers.stylemapper import StyleMapperHarmonizer
 
 REFERENCE = "siemens-3t"
 SOURCES = ("ge-1.5t", "ge-3t", "siemens-1.5t", "philips-1.5t", "philips-3t")
+METHODS = ("histogram", "physics", "cyclegan", "stylemapper")
+# The deep methods train for minutes per model, so they ship for the 1.5 T sources only.
+DEEP_METHODS = ("cyclegan", "stylemapper")
+DEEP_SOURCES = ("ge-1.5t", "philips-1.5t", "siemens-1.5t")
+# Scanners the style mapper learns styles from besides the reference: philips-3t stays
+# unseen, as a scanner a site could add at run time with a style reference.
+STYLE_DOMAINS = ("ge-1.5t", "ge-3t", "philips-1.5t", "siemens-1.5t")
 SOURCE_SEEDS = tuple(range(1000, 1008))
 TARGET_SEEDS = tuple(range(2000, 2008))  # other patients: training is unpaired
 HELD_OUT_SEEDS = tuple(range(3000, 3003))
@@ -43,12 +64,16 @@ _MAX_VOXELS = 200_000
 
 def render(seed: int, profile_name: str) -> tuple[Acquisition, np.ndarray]:
     """One patient on one profile at the modest training grid, and its body mask."""
-    rendering = render_patient(seed, load_profile(profile_name), matrix=MATRIX, slices=SLICES)
+    profile = load_profile(profile_name)
+    rendering = render_patient(seed, profile, matrix=MATRIX, slices=SLICES)
     acquisition = Acquisition(
         pixels=np.asarray(rendering.pixels, dtype=np.float32),
         spacing_mm=rendering.spacing_mm,
         phase_times_s=rendering.phase_times_s,
         domain=ScannerDomain.parse(profile_name),
+        repetition_time_ms=profile.repetition_time_ms,
+        echo_time_ms=profile.echo_time_ms,
+        flip_angle_deg=profile.flip_angle_deg,
     )
     # Ground-truth labels (0 = air) rather than the harmonizer's own foreground estimate, so
     # the evaluation does not grade the foreground with itself.
@@ -61,7 +86,44 @@ def body_values(pixels: np.ndarray, body: np.ndarray) -> np.ndarray:
     return values[:: max(1, values.size // _MAX_VOXELS)]
 
 
-def evaluate(harmonizer: HistogramHarmonizer, source: str) -> dict[str, Any]:
+def fit(method: str, source: str, cohort: list[Acquisition],
+        target: list[Acquisition], checkpoints: Path | None = None) -> Harmonizer:
+    """Fit ``method`` on the source cohort and the reference cohort.
+
+    The deep methods train with one CPU thread (the same result on any machine) and
+    checkpoint into ``checkpoints``, so an interrupted run resumes.
+    """
+    if method in DEEP_METHODS:
+        torch.set_num_threads(1)
+    if method == "cyclegan":
+        return CycleGANHarmonizer.fit(
+            cohort, target, progress=True,
+            checkpoint=checkpoints / f"cyclegan-{source}.pt" if checkpoints else None)
+    if method == "stylemapper":
+        # One network for every source: only the label of the source scanner differs.
+        if "stylemapper" not in _TRAINED:
+            _TRAINED["stylemapper"] = _train_style_mapper(target, checkpoints)
+        return _TRAINED["stylemapper"].restyled(target, source_domain=ScannerDomain.parse(source))
+    if method == "physics":
+        return PhysicsHarmonizer.fit(cohort, target, source_agent=load_profile(source).agent,
+                                     target_agent=load_profile(REFERENCE).agent)
+    return HistogramHarmonizer.fit(cohort, target)
+
+
+# The style mapper trained in this run, reused for every source.
+_TRAINED: dict[str, StyleMapperHarmonizer] = {}
+
+
+def _train_style_mapper(target: list[Acquisition], checkpoints: Path | None
+                        ) -> StyleMapperHarmonizer:
+    """The style mapper trained once on STYLE_DOMAINS and the reference."""
+    cohorts = [[render(seed, name)[0] for seed in SOURCE_SEEDS] for name in STYLE_DOMAINS]
+    return StyleMapperHarmonizer.fit(
+        cohorts[0], target, others=cohorts[1:], progress=True,
+        checkpoint=checkpoints / "stylemapper.pt" if checkpoints else None)
+
+
+def evaluate(harmonizer: Harmonizer, source: str) -> dict[str, Any]:
     """Wasserstein distances to the reference rendering of held-out patients.
 
     Profiles differ in phase timing, so each source phase is compared with the reference
@@ -116,19 +178,29 @@ def evaluate(harmonizer: HistogramHarmonizer, source: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harmonizers.make_models",
                                      description=__doc__.split("\n")[0])
+    parser.add_argument("--method", choices=METHODS, default="histogram")
     parser.add_argument("--out", type=Path, default=None, help="models folder (models_dir())")
-    parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES))
+    parser.add_argument("--sources", nargs="+", choices=SOURCES,
+                        help=f"default: {' '.join(SOURCES)}; "
+                             f"for {' and '.join(DEEP_METHODS)}: {' '.join(DEEP_SOURCES)}")
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(args_list)
+    deep = args.method in DEEP_METHODS
+    args.sources = args.sources or list(DEEP_SOURCES if deep else SOURCES)
     root = args.out if args.out is not None else models_dir()
+    # Deep models are written into a hidden folder beside the models folder (not in it:
+    # every folder in it must be a model) and renamed into place when complete, so an
+    # interrupted run leaves no half-written model; checkpoints wait there too.
+    checkpoints = root.parent / f".{root.name}.{args.method}.partial" if deep else None
     target = [render(seed, REFERENCE)[0] for seed in tqdm(TARGET_SEEDS, desc=REFERENCE)]
     for source in args.sources:
         cohort = [render(seed, source)[0] for seed in tqdm(SOURCE_SEEDS, desc=source)]
-        harmonizer = HistogramHarmonizer.fit(cohort, target)
-        name = f"histogram-{source}_to_{REFERENCE}"
+        harmonizer = fit(args.method, source, cohort, target, checkpoints)
+        name = f"{args.method}-{source}_to_{REFERENCE}"
+        folder = checkpoints / name if checkpoints else root / name
         card = save_model(
             harmonizer,
-            root / name,
+            folder,
             training_data=(
                 f"virtual scanner (evaluation.virtual_scanner.cohort.render_patient), "
                 f"matrix {MATRIX}, {SLICES} slices: {source} seeds {SOURCE_SEEDS[0]}-"
@@ -137,8 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             training_command=shlex.join(["python", "-m", "harmonizers.make_models", *args_list]),
             evaluation=evaluate(harmonizer, source),
         )
+        if checkpoints:
+            shutil.rmtree(root / name, ignore_errors=True)
+            os.replace(folder, root / name)
         mean = card.evaluation["mean"]["all_phases"]
         print(f"{name}: W1 all phases {mean['before']} -> {mean['after']}")
+    if checkpoints:
+        shutil.rmtree(checkpoints)
     return 0
 
 

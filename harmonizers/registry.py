@@ -9,12 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from harmonizers.base import Harmonizer, ModelError
+from harmonizers.cyclegan import CycleGANHarmonizer
 from harmonizers.histogram import HistogramHarmonizer
 from harmonizers.model_store import LoadedModel, load_model_folder
+from harmonizers.physics import PhysicsHarmonizer
+from harmonizers.stylemapper import StyleMapperHarmonizer
 
 # Later methods (cyclegan, stylemapper, physics) register here with their ``method`` name.
 HARMONIZERS: dict[str, type[Harmonizer]] = {
-    cls.method: cls for cls in (HistogramHarmonizer,)
+    cls.method: cls for cls in (HistogramHarmonizer, CycleGANHarmonizer, StyleMapperHarmonizer,
+                                PhysicsHarmonizer)
 }
 
 

@@ -15,11 +15,25 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import requests
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+
+from dicomnode.config import NodeConfig
+from dicomnode.ledger import Ledger
+from dicomnode.metrics import NodeMetrics
+from dicomnode.network import NodeServer, start_server
+from dicomnode.spool import Spool
 
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -64,14 +78,22 @@ def echo(ae_title: str, port: int) -> bool:
     return result.returncode == 0
 
 
+def storescu_args(
+    files_or_dirs: Sequence[Path], ae_title: str, port: int, calling_ae: str = "SCANNER",
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """DCMTK storescu as a scanner runs it: recursing into folders, only needed contexts."""
+    return ["storescu", "-aet", calling_ae, "-aec", ae_title, "+sd", "+r", "-R", "-nh",
+            *extra, "127.0.0.1", str(port), *map(str, files_or_dirs)]
+
+
 def storescu(
     files_or_dirs: Sequence[Path], ae_title: str, port: int, calling_ae: str = "SCANNER",
     extra: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Send like a scanner: DCMTK storescu, recursing into folders."""
+    """Send like a scanner and wait for storescu to finish."""
     return subprocess.run(
-        ["storescu", "-aet", calling_ae, "-aec", ae_title, "+sd", "+r", "-R", "-nh", *extra,
-         "127.0.0.1", str(port), *map(str, files_or_dirs)],
+        storescu_args(files_or_dirs, ae_title, port, calling_ae, extra),
         env=PEER_ENV, capture_output=True, text=True, timeout=600,
     )
 
@@ -79,9 +101,13 @@ def storescu(
 class Orthanc:
     """An Orthanc PACS on loopback with its own storage, started and stopped by PID."""
 
-    def __init__(self, folder: Path, ae_title: str = "ORTHANC") -> None:
+    def __init__(self, folder: Path, ae_title: str = "ORTHANC", nodelay: bool = True) -> None:
+        """``nodelay=False`` leaves Nagle on: each C-STORE then takes ~45 ms, which tests
+        use to catch a delivery in the middle."""
         self.folder = folder
         self.ae_title = ae_title
+        self.env = PEER_ENV if nodelay else {k: v for k, v in PEER_ENV.items()
+                                             if k != "TCP_NODELAY"}
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -105,9 +131,9 @@ class Orthanc:
         }
         config_path = self.folder / "orthanc.json"
         config_path.write_text(json.dumps(config))
-        self._log = (self.folder / "orthanc.log").open("wb")
+        self._log = (self.folder / "orthanc.log").open("ab")
         self.process = subprocess.Popen(
-            ["Orthanc", str(config_path)], env=PEER_ENV, stdout=self._log,
+            ["Orthanc", str(config_path)], env=self.env, stdout=self._log,
             stderr=subprocess.STDOUT,
         )
         wait_for(self._up, 30, "Orthanc's REST API")
@@ -136,6 +162,13 @@ class Orthanc:
         if self._log is not None:
             self._log.close()
 
+    def kill(self) -> None:
+        """SIGKILL: gone at once, associations cut (Orthanc's SIGTERM lets them finish)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+        self.stop()
+
 
 class Node:
     """Our node as a real process (``python -m dicomnode.cli serve``)."""
@@ -144,7 +177,9 @@ class Node:
         self.folder = folder
         self.port = free_port()
         self.ae_title = str(config.get("ae_title", "DICOMNODE"))
-        self.config = {"port": self.port, "var_dir": str(folder / "var"), **config}
+        # Metrics off unless asked for: several nodes run at once in tests and benchmarks.
+        self.config = {"port": self.port, "var_dir": str(folder / "var"),
+                       "metrics": {"port": 0}, **config}
         self.config_path = folder / "node.yaml"
         self.log_path = folder / "node.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -208,3 +243,85 @@ def dciodvfy_errors(path: Path, *, strict: bool = False) -> list[str]:
     lines = (result.stdout + result.stderr).splitlines()
     return [line for line in lines
             if line.startswith("Error") and (strict or not known_validator_gap(line))]
+
+
+def mr_instance(study_uid: str | None = "1.2.3.4", pixels: int = 16) -> Dataset:
+    """A minimal MR image for the in-process SCP: one row of ``pixels`` 8-bit pixels."""
+    ds = Dataset()
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    if study_uid:
+        ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = "1.2.3.4.5"
+    ds.Modality = "MR"
+    ds.Rows, ds.Columns = 1, pixels
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 8, 8, 7
+    ds.PixelRepresentation = 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(pixels + pixels % 2)  # padded to even length (PS3.5 7.1.1)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def request_association(
+    port: int, called: str = "NODE", calling: str = "SCANNER", source: str = "127.0.0.1"
+) -> Association:
+    """Ask for an MR storage association with pynetdicom, from the loopback address ``source``."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    return ae.associate("127.0.0.1", port, ae_title=called, bind_address=(source, 0))
+
+
+def rejection(assoc: Association) -> tuple[int, int, int] | None:
+    """The A-ASSOCIATE-RJ (result, source, diagnostic) the peer answered, if it rejected."""
+    answer = assoc.acceptor.primitive
+    if not assoc.is_rejected or not isinstance(answer, A_ASSOCIATE):
+        return None
+    return int(answer.result or 0), int(answer.result_source or 0), int(answer.diagnostic or 0)
+
+
+def store_one(port: int, ds: Dataset, called: str = "NODE", calling: str = "SCANNER") -> int:
+    """C-STORE one instance on its own association; its status."""
+    assoc = request_association(port, called, calling)
+    assert assoc.is_established, f"association refused: {rejection(assoc)}"
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    return int(status.Status)
+
+
+@dataclass
+class InProcessNode:
+    """The SCP of a node started in this process, with its ledger and metrics."""
+
+    config: NodeConfig
+    ledger: Ledger
+    server: NodeServer
+    metrics: NodeMetrics
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+
+@contextmanager
+def in_process_node(folder: Path, **settings: Any) -> Iterator[InProcessNode]:
+    """Run the SCP as AE NODE on a free loopback port, ``settings`` over test defaults.
+
+    The defaults turn off the disk floor (a nearly full test machine must not refuse) and the
+    metrics HTTP server (tests that want it give a free port).
+    """
+    config = NodeConfig.model_validate({
+        "ae_title": "NODE", "port": free_port(), "var_dir": str(folder),
+        "admission": {"min_free_disk_mb": 0}, "metrics": {"port": 0}, **settings,
+    })
+    ledger = Ledger(config.ledger_path)
+    metrics = NodeMetrics(config, ledger)
+    server = start_server(config, Spool(config.spool_dir), ledger, metrics)
+    metrics.start(server.is_serving)
+    try:
+        yield InProcessNode(config, ledger, server, metrics)
+    finally:
+        metrics.stop()
+        server.shutdown()
+        ledger.close()

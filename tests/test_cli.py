@@ -14,7 +14,8 @@ def test_a_wrong_config_names_the_file_and_field(
     config = tmp_path / "node.yaml"
     config.write_text("port: 99999\n")
     assert main(["--config", str(config), "rules", "check"]) == 2
-    assert f"{config}: port: Input should be less than or equal to 65535" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"{config}:1: port: Input should be less than or equal to 65535" in error
 
 
 def test_rules_check_loads_every_shipped_model(capsys: pytest.CaptureFixture[str]) -> None:

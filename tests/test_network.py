@@ -4,55 +4,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom import Dataset, dcmread
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE
 
 from dicomnode.intake import recover_spool
 from dicomnode.ledger import Ledger
-from dicomnode.network import STATUS_OUT_OF_RESOURCES, start_server
-from dicomnode.spool import Spool
-from tests.peers import free_port
-
-
-def _mr(study_uid: str | None = "1.2.3.4") -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    if study_uid:
-        ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = "1.2.3.4.5"
-    ds.Modality = "MR"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
-
-
-def _send(port: int, ds: Dataset, called: str = "NODE") -> int:
-    ae = AE(ae_title="SCANNER")
-    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
-    assert assoc.is_established
-    status = assoc.send_c_store(ds)
-    assoc.release()
-    return int(status.Status)
+from dicomnode.network import STATUS_OUT_OF_RESOURCES
+from dicomnode.validation import STATUS_DOES_NOT_MATCH_SOP_CLASS
+from tests.peers import in_process_node, mr_instance, store_one
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[int, Path, Ledger]]:
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    spool_root = tmp_path / "spool"
-    port = free_port()
-    scp = start_server("NODE", "127.0.0.1", port, 131072, Spool(spool_root), ledger)
-    yield port, spool_root, ledger
-    scp.shutdown()
-    ledger.close()
+    with in_process_node(tmp_path) as node:
+        yield node.port, node.config.spool_dir, node.ledger
 
 
 def test_success_means_on_disk_and_in_the_ledger(server: tuple[int, Path, Ledger]) -> None:
     port, spool_root, ledger = server
-    assert _send(port, _mr()) == 0x0000
+    assert store_one(port, mr_instance()) == 0x0000
     (instance,) = ledger.unclaimed("1.2.3.4")
     assert Path(instance.path).is_file()
     assert Path(instance.path).is_relative_to(spool_root)
@@ -63,15 +34,15 @@ def test_success_means_on_disk_and_in_the_ledger(server: tuple[int, Path, Ledger
 def test_unwritable_spool_answers_out_of_resources(server: tuple[int, Path, Ledger]) -> None:
     port, spool_root, ledger = server
     spool_root.write_text("a file where the spool folder should be")
-    assert _send(port, _mr()) == STATUS_OUT_OF_RESOURCES
+    assert store_one(port, mr_instance()) == STATUS_OUT_OF_RESOURCES
     assert ledger.unclaimed("1.2.3.4") == []
 
 
 def test_an_instance_without_study_is_kept_and_flagged(server: tuple[int, Path, Ledger]) -> None:
     port, _, ledger = server
-    assert _send(port, _mr(study_uid=None)) == 0x0000
+    assert store_one(port, mr_instance(study_uid=None)) == STATUS_DOES_NOT_MATCH_SOP_CLASS
     (instance,) = ledger.unclaimed(None)
-    assert instance.parse_error == "StudyInstanceUID or SeriesInstanceUID is missing"
+    assert instance.parse_error == "StudyInstanceUID is missing"
     assert Path(instance.path).is_file()
 
 
@@ -88,7 +59,7 @@ def test_a_spool_file_without_ledger_row_is_recovered(
 ) -> None:
     """The node stopped between the spool write and the ledger row: the file is the record."""
     port, spool_root, _ = server
-    assert _send(port, _mr()) == 0x0000
+    assert store_one(port, mr_instance()) == 0x0000
     (stored,) = spool_root.rglob("*.dcm")
     meta = dcmread(stored).file_meta
     assert (meta.SendingApplicationEntityTitle, meta.ReceivingApplicationEntityTitle) == (

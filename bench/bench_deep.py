@@ -1,0 +1,125 @@
+"""Deep harmonizers on the CPU: milliseconds per 512 x 512 slice and peak memory.
+
+Run with ``.venv/bin/python -m bench.bench_deep``. Targets (issue "Harmonizers", Speed):
+with 2 CPU threads, at most 100 ms per 512 x 512 slice, and peak memory at most 3 x the
+acquisition's float32 bytes plus the model. The acquisition is 6 phases x 16 slices of
+512 x 512 (0.66 mm pixels); "per slice" here is one slice position with all 6 phases
+harmonized, the stricter reading, and the per-image figure is printed too.
+
+Each method uses its shipped ``<method>-ge-1.5t_to_siemens-3t`` model when present, else
+an untrained network of the shipped architecture (the cost is the same). Peak memory is
+the acquisition plus the growth of the process's peak resident set during ``harmonize``
+(Linux ``VmHWM``, reset through ``/proc/self/clear_refs`` once the acquisition is built).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harmonizers.acquisition import Acquisition
+from harmonizers.base import Harmonizer, ModelError
+from harmonizers.cyclegan import CycleGANConfig, CycleGANHarmonizer, GainGenerator
+from harmonizers.domain import ScannerDomain
+from harmonizers.nets import QUANTILE_LEVELS
+from harmonizers.registry import load_model
+from harmonizers.stylemapper import StyleGenerator, StyleMapperConfig, StyleMapperHarmonizer
+
+PHASES, SLICES, SIZE = 6, 16, 512
+THREADS = 2
+TARGET_MS = 100.0
+SOURCE = ScannerDomain("GE", 1.5)
+
+
+def _model(method: str) -> tuple[Harmonizer, str, int]:
+    """The shipped model (or an untrained stand-in), its label and its weights' bytes."""
+    name = f"{method}-ge-1.5t_to_siemens-3t"
+    try:
+        loaded = load_model(method, name)
+        size = (loaded.folder / loaded.harmonizer.weights_file).stat().st_size
+        return loaded.harmonizer, name, size
+    except ModelError:
+        pass
+    net: torch.nn.Module
+    harmonizer: Harmonizer
+    if method == "cyclegan":
+        c = CycleGANConfig()
+        net = GainGenerator(c.width, c.blocks, c.knots)
+        harmonizer = CycleGANHarmonizer(generator=net, work_mm=c.work_mm, target_scale=100.0,
+                                        source_domain=SOURCE)
+    else:
+        s = StyleMapperConfig()
+        net = StyleGenerator(s.width, s.blocks, s.style_dim, s.knots)
+        harmonizer = StyleMapperHarmonizer(
+            generator=net, work_mm=s.work_mm, target_style=torch.zeros(s.style_dim),
+            target_quantiles=QUANTILE_LEVELS / 50.0, target_scale=100.0, source_domain=SOURCE)
+    size = sum(p.numel() * p.element_size() for p in net.parameters())
+    return harmonizer, f"untrained {method} (no shipped model)", size
+
+
+def _acquisition(size: int, slices: int) -> Acquisition:
+    """A smooth body-like phantom with noise: content does not change the cost."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:size, 0:size] / size
+    body = (((y - 0.6) / 0.35) ** 2 + ((x - 0.5) / 0.45) ** 2 < 1).astype(np.float32)
+    pre = 300.0 * body[None] * (1 + 0.2 * rng.random((slices, size, size), dtype=np.float32))
+    pixels = np.stack([pre * (1 + 0.1 * p) for p in range(PHASES)]).astype(np.float32)
+    pixels += rng.random(pixels.shape, dtype=np.float32) * 5
+    return Acquisition(pixels=pixels, spacing_mm=(2.0, 340 / size, 340 / size),
+                       phase_times_s=tuple(60.0 * p for p in range(PHASES)), domain=SOURCE)
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def main() -> None:
+    torch.set_num_threads(THREADS)
+    print(f"torch {torch.__version__}, {THREADS} threads; acquisition {PHASES} phases x "
+          f"{SLICES} slices x {SIZE}^2 float32")
+    for method in ("cyclegan", "stylemapper"):
+        harmonizer, label, model_bytes = _model(method)
+        harmonizer.harmonize(_acquisition(128, 4))  # warm-up: allocator, kernels
+        acquisition = _acquisition(SIZE, SLICES)
+        base_kib = _rss_kib("VmRSS")
+        can_reset = _reset_peak()
+        start = time.perf_counter()
+        harmonizer.harmonize(acquisition)
+        seconds = time.perf_counter() - start
+        peak_kib = _rss_kib("VmHWM")
+        per_slice = 1000 * seconds / SLICES
+        verdict = "OK" if per_slice <= TARGET_MS else "SLOW"
+        print(f"{method:11s} {label}: {per_slice:6.1f} ms per 512^2 slice (6 phases), "
+              f"{per_slice / PHASES:5.1f} ms per image (target <= {TARGET_MS:.0f} ms) {verdict}")
+        acq_bytes = acquisition.pixels.nbytes
+        budget = 3 * acq_bytes + model_bytes
+        if can_reset and base_kib is not None and peak_kib is not None:
+            used = (peak_kib - base_kib) * 1024 + acq_bytes
+            verdict = "OK" if used <= budget else "OVER"
+            print(f"{'':11s} peak memory {used / 2**20:7.1f} MiB (acquisition "
+                  f"{acq_bytes / 2**20:.1f} MiB; budget 3 x acquisition + model "
+                  f"{model_bytes / 2**20:.2f} MiB = {budget / 2**20:.1f} MiB) {verdict}")
+        else:
+            print(f"{'':11s} peak memory: not measurable here (needs Linux /proc)")
+        del acquisition
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,487 @@
+"""Layers and the kinetics-preserving application shared by the deep harmonizers.
+
+Both deep methods (:mod:`harmonizers.cyclegan`, :mod:`harmonizers.stylemapper`) predict the
+same thing from the **pre-contrast** phase only: a per-voxel gain ``k(z, y, x) > 0``, and
+apply it unchanged to every phase::
+
+    out[p] = k * pixels[p]          for every phase p
+
+So each voxel's percent enhancement ``(S_p - S_0) / S_0`` is exactly what it was: the gain
+cancels. This is the design rule that keeps kinetics (curve type, peak enhancement, washout)
+intact, in the spirit of the per-phase-consistent mapping of the histogram method and of
+the lab's breast DCE CycleGAN work, where an image-to-image network applied phase by phase
+was seen to distort enhancement curves.
+
+The gain is the product of two factors, both computed in *normalized* units (each series
+divided by its own robust scale, see :func:`series_scale`, which removes the arbitrary
+per-exam receive gain):
+
+* a **monotone per-intensity transfer** ``f`` of the normalized pre-contrast value
+  ``x0``: a piecewise-linear increasing function with ``f(0) = 0`` (contrast between fat,
+  FGT and muscle, like a learned histogram map); its share of the gain is ``f(x0) / x0``;
+* a **smooth log-gain field** ``b`` predicted by a small CNN at a quarter of a fixed
+  physical working grid and upsampled bilinearly (B1+ and receive-coil shading differ
+  between scanners and field strengths and are smooth).
+
+Normalized output ``f(x0) * exp(b)``; in target units, times the target's mean scale.
+
+The networks see the pre-contrast resampled to a fixed in-plane working grid
+(``work_mm``), so a model trained on coarse simulated grids applies to any matrix: only
+the gain field is computed there; ``f`` acts on the full-resolution voxels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harmonizers.acquisition import Acquisition
+from harmonizers.domain import ScannerDomain
+
+# The transfer's knots span normalized values 0..X_MAX; the series scale puts breast tissue
+# near 1, so enhanced voxels (several times their pre-contrast) lie within or just beyond.
+X_MAX = 4.0
+# The log-gain field is bounded to +-log(4): scanner shading differs by tens of percent, not
+# by orders of magnitude; the bound keeps an untrained or adversarially pushed net sane.
+MAX_LOG_GAIN = math.log(4.0)
+# Below this many working-grid pixels the quarter-resolution gain field has < 4 samples.
+MIN_WORK_PIXELS = 16
+# Pixel spacing coarser than this multiple of the working grid would be upsampled into
+# detail the networks never saw.
+MAX_SPACING_FACTOR = 2.0
+# Slices per forward pass at inference: bounds the temporaries to a few slices' worth.
+_CHUNK = 8
+# Sample size for the robust series scale; the whole volume says no more.
+_SCALE_SAMPLE = 1 << 20
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def conv(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Conv2d:
+    """Same-padded convolution (zeros: air is zero at the image border anyway)."""
+    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2)
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convolutions with a skip (ResNet, He 2016), LeakyReLU, no normalization.
+
+    No normalization: the gain field is an absolute quantity and instance statistics of a
+    crop would differ from those of a whole slice at inference.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = conv(channels, channels)
+        self.conv2 = conv(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.leaky_relu(self.conv1(F.leaky_relu(x, 0.2)), 0.2))
+
+
+class AdaINResBlock(nn.Module):
+    """ResBlock whose features are re-styled by adaptive instance normalization (MUNIT).
+
+    ``style_params`` (batch, 4 * channels) hold scale and shift for both convolutions.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.conv1 = conv(channels, channels)
+        self.conv2 = conv(channels, channels)
+
+    def forward(self, x: torch.Tensor, style_params: torch.Tensor) -> torch.Tensor:
+        g1, b1, g2, b2 = style_params[:, :, None, None].chunk(4, dim=1)
+        h = self.conv1(F.leaky_relu(x, 0.2))
+        h = F.instance_norm(h) * (1 + g1) + b1
+        h = self.conv2(F.leaky_relu(h, 0.2))
+        h = F.instance_norm(h) * (1 + g2) + b2
+        return x + h
+
+
+class Encoder(nn.Module):
+    """2.5D trunk: (batch, 3 slices, H, W) -> features at a quarter of the resolution."""
+
+    def __init__(self, in_channels: int, width: int, blocks: int) -> None:
+        super().__init__()
+        self.stem = conv(in_channels, width)
+        self.down1 = conv(width, 2 * width, 3, 2)
+        self.down2 = conv(2 * width, 4 * width, 3, 2)
+        self.blocks = nn.Sequential(*(ResBlock(4 * width) for _ in range(blocks)))
+        self.out_channels = 4 * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.stem(x), 0.2)
+        h = F.leaky_relu(self.down1(h), 0.2)
+        h = F.leaky_relu(self.down2(h), 0.2)
+        return self.blocks(h)
+
+
+def log_gain_head(channels: int) -> nn.Conv2d:
+    """1x1 convolution to one log-gain channel, zero-initialized: training starts at gain 1."""
+    head = nn.Conv2d(channels, 1, 1, bias=False)
+    nn.init.zeros_(head.weight)
+    return head
+
+
+def bounded_log_gain(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bound the quarter-resolution log gain to +-MAX_LOG_GAIN, upsample to ``size``."""
+    bounded = MAX_LOG_GAIN * torch.tanh(raw / MAX_LOG_GAIN)
+    return F.interpolate(bounded, size=size, mode="bilinear", align_corners=False)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (Isola 2017) with a small receptive field: 22 working-grid pixels.
+
+    Three 4x4 convolutions (strides 2, 2, 1): each output judges a ~22 px (~77 mm at
+    3.5 mm) patch, enough for tissue contrast and shading, too small to judge anatomy, so
+    the generator is not pushed to invent structure. ``outputs`` > 1 gives one real/fake
+    map per domain (multi-domain discriminator for the style mapper).
+    """
+
+    def __init__(self, width: int = 16, outputs: int = 1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, width, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, outputs, 4, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(to_log(x))
+
+
+def to_log(x: torch.Tensor) -> torch.Tensor:
+    """Compress normalized intensities for the networks (enhanced voxels reach ~5)."""
+    return torch.log1p(torch.clamp(x, min=0.0))
+
+
+# ------------------------------------------------------------------- monotone transfer
+
+
+def initial_slope_logits(knots: int) -> torch.Tensor:
+    """Logits whose softplus is 1: the transfer starts as the identity."""
+    return torch.full((knots,), math.log(math.e - 1.0))
+
+
+def monotone_transfer(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Increasing piecewise-linear ``f`` with ``f(0) = 0`` on normalized intensities.
+
+    ``logits`` (..., K) give the K segment slopes over ``[0, X_MAX]`` through softplus, so
+    every slope is positive and ``f`` is strictly increasing whatever the network
+    predicts. Beyond ``X_MAX`` ``f`` continues with its overall slope ``f(X_MAX) / X_MAX``
+    (as the histogram method does), so strong enhancement is neither clipped nor
+    amplified by the end segment. ``logits`` of shape (K,) apply to all of ``x``; of
+    shape (B, K) to ``x`` of shape (B, ...). Each voxel looks up its own segment (a
+    gather, not a sum over all K): O(1) memory per voxel, which matters at 512 x 512.
+    """
+    slopes = F.softplus(logits)
+    knots = slopes.shape[-1]
+    width = X_MAX / knots
+    at_start = (torch.cumsum(slopes, -1) - slopes) * width  # f at each segment's start
+    overall = slopes.sum(-1) * width / X_MAX
+    segment = torch.clamp(torch.floor(x / width), 0, knots - 1).long()
+    if slopes.ndim == 1:
+        slope, start = slopes[segment], at_start[segment]
+    else:
+        flat = segment.reshape(segment.shape[0], -1)
+        slope = torch.gather(slopes, 1, flat).reshape(x.shape)
+        start = torch.gather(at_start, 1, flat).reshape(x.shape)
+        overall = overall.reshape(-1, *([1] * (x.ndim - 1)))
+    inside = start + slope * (torch.clamp(x, max=X_MAX) - segment * width)
+    return inside + overall * F.relu(x - X_MAX)
+
+
+def transfer_ratio(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """``f(x) / x``, the transfer's share of the per-voxel gain; finite at ``x = 0``.
+
+    Below half the first segment ``f(x) / x`` is the first slope exactly, so clamping
+    ``x`` there changes nothing but avoids 0 / 0 in air.
+    """
+    floor = 0.5 * X_MAX / logits.shape[-1]
+    safe = torch.clamp(x, min=floor)
+    return monotone_transfer(safe, logits) / safe
+
+
+# ------------------------------------------------------------------ structure keeping
+
+
+def mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 16) -> torch.Tensor:
+    """Normalized mutual information of two image batches, differentiable (Parzen window).
+
+    Soft histograms with Gaussian kernels over ``log1p`` intensities (Viola & Wells 1997);
+    returns NMI = 2 I(a; b) / (H(a) + H(b)) per batch, in [0, 1]. Used as a loss
+    (``1 - NMI``) it keeps the output's structure tied to the input's, as the lab's breast
+    CycleGAN did with an MI term, without asking for equal intensities.
+    """
+    def weights(v: torch.Tensor) -> torch.Tensor:
+        v = to_log(v).reshape(v.shape[0], -1)
+        low = v.amin(dim=1, keepdim=True).detach()
+        high = v.amax(dim=1, keepdim=True).detach()
+        v = (v - low) / (high - low + 1e-6)
+        centres = torch.linspace(0, 1, bins, device=v.device)
+        w = torch.exp(-0.5 * ((v.unsqueeze(-1) - centres) * (bins - 1)) ** 2)
+        return w / (w.sum(-1, keepdim=True) + 1e-12)
+
+    wa, wb = weights(a), weights(b)
+    joint = torch.einsum("nki,nkj->nij", wa, wb) / wa.shape[1]
+    pa, pb = joint.sum(2), joint.sum(1)
+    eps = 1e-10
+    h_a = -(pa * torch.log(pa + eps)).sum(1)
+    h_b = -(pb * torch.log(pb + eps)).sum(1)
+    h_ab = -(joint * torch.log(joint + eps)).sum((1, 2))
+    return (2 * (h_a + h_b - h_ab) / (h_a + h_b + eps)).mean()
+
+
+# -------------------------------------------------------------- series normalization
+
+
+def series_scale(volume: np.ndarray) -> float:
+    """A robust intensity scale of a pre-contrast (z, y, x) volume: its tissue mean.
+
+    The mean of the voxels above the volume's mean: air (near zero, most of the field of
+    view) falls below, the body above. Cheap on any volume size (a strided sample), unlike
+    a full foreground segmentation, and stable under Rician noise. Raises ValueError for a
+    volume with no signal.
+    """
+    values = volume.ravel()[:: max(1, volume.size // _SCALE_SAMPLE)].astype(np.float64)
+    tissue = values[values > values.mean()]
+    scale = float(tissue.mean()) if tissue.size else 0.0
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError("the pre-contrast phase has no signal (constant or non-positive)")
+    return scale
+
+
+# ------------------------------------------------------------------- input checks
+
+
+@dataclass(frozen=True)
+class WorkGrid:
+    """The in-plane working grid the networks run on, for one acquisition."""
+
+    height: int
+    width: int
+
+
+def check_acquisition(acquisition: Acquisition, work_mm: float, method: str) -> WorkGrid:
+    """Refuse what the deep models cannot harmonize, with a clear ValueError.
+
+    Non-finite voxels, fewer than two phases (the gain comes from the pre-contrast and is
+    meant for the post-contrast phases; a single phase is not a DCE series), an invalid
+    pixel spacing, a pixel spacing much coarser than the working grid, or a field of view
+    too small for the gain field. A single slice is fine (2.5D input repeats it).
+    """
+    pixels = acquisition.pixels
+    if pixels.size == 0:
+        raise ValueError(f"{method}: the acquisition is empty, shape {pixels.shape}")
+    if not np.isfinite(pixels).all():
+        raise ValueError(f"{method}: the acquisition holds NaN or infinite values")
+    if acquisition.n_phases < 2:
+        raise ValueError(
+            f"{method}: needs a pre-contrast and at least one post-contrast phase, got "
+            f"{acquisition.n_phases} phase"
+        )
+    dy, dx = (float(s) for s in acquisition.spacing_mm[1:])
+    if not (math.isfinite(dy) and math.isfinite(dx) and dy > 0 and dx > 0):
+        raise ValueError(f"{method}: invalid pixel spacing {acquisition.spacing_mm[1:]} mm")
+    if max(dy, dx) > MAX_SPACING_FACTOR * work_mm:
+        raise ValueError(
+            f"{method}: pixel spacing {dy:g} x {dx:g} mm is coarser than this model's "
+            f"{MAX_SPACING_FACTOR:g} x {work_mm:g} mm working grid"
+        )
+    grid = WorkGrid(round(pixels.shape[2] * dy / work_mm), round(pixels.shape[3] * dx / work_mm))
+    if min(grid.height, grid.width) < MIN_WORK_PIXELS:
+        raise ValueError(
+            f"{method}: field of view {pixels.shape[2] * dy:.0f} x {pixels.shape[3] * dx:.0f} mm "
+            f"is too small for this model (at least {MIN_WORK_PIXELS * work_mm:.0f} mm a side)"
+        )
+    return grid
+
+
+# ---------------------------------------------------------------- 2.5D slice stacks
+
+
+def work_stacks(
+    pre_contrast: np.ndarray, scale: float, grid: WorkGrid
+) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Per chunk of slices ``z``: the normalized full-resolution slices (n, H, W) and
+    their 2.5D stacks on the working grid (n, 3, h, w), channels-last.
+
+    Each slice is resampled once (with one neighbour on either side of the chunk) and the
+    stacks are built on the small grid; slab ends repeat their edge slice.
+    """
+    last = pre_contrast.shape[0] - 1
+    for z in slice_chunks(pre_contrast.shape[0]):
+        lo, hi = max(z.start - 1, 0), min(z.stop, last)  # hi inclusive
+        block = torch.from_numpy(np.ascontiguousarray(pre_contrast[lo:hi + 1]))
+        block = torch.clamp(block, min=0.0) / scale
+        work = to_work_grid(block[:, None], grid)[:, 0]
+        index = torch.arange(z.start, z.stop)
+        triples = torch.stack([(index - 1).clamp(0, last), index,
+                               (index + 1).clamp(max=last)], 1) - lo
+        stacks = work[triples].contiguous(memory_format=torch.channels_last)
+        yield z, block[z.start - lo:z.stop - lo], stacks
+
+
+def to_work_grid(stack: torch.Tensor, grid: WorkGrid) -> torch.Tensor:
+    """Resample (n, c, H, W) in-plane to the working grid (antialiased when shrinking)."""
+    if stack.shape[-2:] == (grid.height, grid.width):
+        return stack
+    return F.interpolate(stack, size=(grid.height, grid.width), mode="bilinear",
+                         align_corners=False, antialias=True)
+
+
+def slice_chunks(n_slices: int) -> Iterator[slice]:
+    """Consecutive slice ranges of at most ``_CHUNK`` slices."""
+    for start in range(0, n_slices, _CHUNK):
+        yield slice(start, min(start + _CHUNK, n_slices))
+
+
+def work_volume(volume: np.ndarray, spacing_yx: tuple[float, float], work_mm: float) -> np.ndarray:
+    """A (z, y, x) volume resampled in-plane to the working grid, float32 (training data)."""
+    grid = WorkGrid(round(volume.shape[1] * spacing_yx[0] / work_mm),
+                    round(volume.shape[2] * spacing_yx[1] / work_mm))
+    with torch.inference_mode():
+        resampled = to_work_grid(torch.from_numpy(np.ascontiguousarray(volume))[:, None], grid)
+    return resampled[:, 0].numpy().astype(np.float32)
+
+
+LogGain = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
+
+
+def harmonize_kinetic(
+    acquisition: Acquisition,
+    *,
+    method: str,
+    work_mm: float,
+    log_gain: LogGain,
+    logits: torch.Tensor,
+    target_scale: float,
+) -> np.ndarray:
+    """Apply a predicted per-voxel gain to every phase (the shared inference path).
+
+    ``log_gain(stacks, size)`` maps (n, 3, h, w) working-grid stacks to the (n, 1, *size)
+    log-gain field; ``logits`` are the transfer's. Per chunk of slices the normalized gain
+    ``f(x0) / x0 * exp(b)`` is computed once and every phase is multiplied by it (times
+    target scale / this series' scale, for target units), so percent enhancement is kept.
+    Negative inputs (a negative rescale intercept) are clipped to 0 first, as magnitude
+    images are non-negative. Memory: the output plus a few slices of temporaries.
+    """
+    grid = check_acquisition(acquisition, work_mm, method)
+    scale = series_scale(acquisition.pre_contrast)
+    factor = np.float32(target_scale / scale)
+    out = np.empty(acquisition.pixels.shape, dtype=np.float32)
+    size = (acquisition.pixels.shape[2], acquisition.pixels.shape[3])
+    with torch.inference_mode():
+        for z, pre, stacks in work_stacks(acquisition.pre_contrast, scale, grid):
+            gain = transfer_ratio(pre, logits) * torch.exp(log_gain(stacks, size)[:, 0])
+            g = gain.numpy() * factor
+            for phase in range(acquisition.n_phases):
+                target = out[phase, z]
+                np.maximum(acquisition.pixels[phase, z], 0.0, out=target)
+                target *= g
+    return out
+
+
+# --------------------------------------------------------------------- weights files
+
+
+def save_weights(path: Path, weights: dict[str, Any]) -> None:
+    """Write a weights dict (tensors and plain data only) with torch.save."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(weights, path)
+
+
+def load_weights(path: Path, method: str, version: int) -> dict[str, Any]:
+    """Read a weights dict written by :func:`save_weights`; ValueError if it is not one.
+
+    ``weights_only=True``: the node loads model files, and a pickle could run code.
+    """
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt or foreign file
+        raise ValueError(f"{path}: not a readable torch weights file ({exc})") from exc
+    if not isinstance(weights, dict):
+        raise ValueError(f"{path}: expected a dict of weights")
+    if weights.get("format_version") != version or weights.get("method") != method:
+        raise ValueError(
+            f"{path}: expected format_version {version} of method {method!r}, got "
+            f"{weights.get('format_version')!r} of {weights.get('method')!r}"
+        )
+    return weights
+
+
+def domain_name(domain: ScannerDomain | None) -> str | None:
+    return domain.name if domain is not None else None
+
+
+def parse_domain(name: object) -> ScannerDomain | None:
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise ValueError(f"domain must be a name like 'ge-1.5t', got {name!r}")
+    return ScannerDomain.parse(name)
+
+
+def load_state(module: nn.Module, state: object, path: Path) -> None:
+    """Load a state dict strictly; ValueError when it does not fit the architecture."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: network weights missing")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the network ({exc})") from exc
+
+
+# Tissue quantile levels for histogram matching (as the histogram method's p1..p99).
+QUANTILE_LEVELS = np.linspace(1.0, 99.0, 25)
+# Normalized values above this are tissue (the series scale puts tissue near 1, air near 0).
+TISSUE_LEVEL = 0.3
+
+
+def pooled_tissue_quantiles(volumes: Sequence[np.ndarray]) -> np.ndarray:
+    """QUANTILE_LEVELS percentiles of the tissue voxels of normalized volumes, pooled.
+
+    Non-decreasing; for volumes with no tissue, a plausible default (the identity match).
+    """
+    values = np.concatenate([v[v > TISSUE_LEVEL].ravel() for v in volumes])
+    if values.size == 0:
+        return QUANTILE_LEVELS / 50.0
+    return np.maximum.accumulate(np.percentile(values, QUANTILE_LEVELS))
+
+
+def match_logits(source_q: np.ndarray, target_q: np.ndarray, knots: int) -> np.ndarray:
+    """Transfer logits (float32) whose ``f`` maps source tissue quantiles onto the target's.
+
+    Histogram matching as in Nyúl–Udupa standardization, anchored at ``f(0) = 0`` and
+    continued past the last quantile with the overall slope; slopes are held in
+    [0.05, 20] so that the logits stay finite.
+    """
+    x = np.concatenate([[0.0], source_q])
+    y = np.concatenate([[0.0], target_q])
+    edges = np.linspace(0.0, X_MAX, knots + 1)
+    f = np.interp(edges, x, y)
+    beyond = edges > x[-1]
+    f[beyond] = y[-1] + (edges[beyond] - x[-1]) * (y[-1] / x[-1])
+    slopes = np.clip(np.diff(f) / (X_MAX / knots), 0.05, 20.0)
+    return np.log(np.expm1(slopes)).astype(np.float32)
+
+
+def quantile_logits(source: list[np.ndarray], target: list[np.ndarray], knots: int
+                    ) -> torch.Tensor:
+    """Transfer logits matching the pooled tissue histograms of two sets of volumes.
+
+    The CycleGAN's warm start: adversarial training then refines what a global
+    histogram match cannot see (local shading, the B1+ step).
+    """
+    return torch.from_numpy(match_logits(pooled_tissue_quantiles(source),
+                                         pooled_tissue_quantiles(target), knots))

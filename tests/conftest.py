@@ -1,0 +1,22 @@
+"""Fixtures shared by several test modules."""
+
+from pathlib import Path
+
+import pytest
+
+from dicomnode.assembly import assemble
+from harmonizers.histogram import HistogramHarmonizer
+from harmonizers.model_store import save_model
+from tests.pipeline_harness import MODEL
+from tests.samples import read_sample
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A histogram model GE 3 T -> Siemens 3 T, fitted on the real sample series."""
+    root = tmp_path_factory.mktemp("models")
+    source = assemble(read_sample("ge-signa-architect-3t-multiphase")).acquisition
+    target = assemble(read_sample("siemens-prisma-3t-prone")).acquisition
+    save_model(HistogramHarmonizer.fit([source], [target]), root / MODEL,
+               training_data="tests/data samples", training_command="pytest fixture")
+    return root

@@ -1,0 +1,255 @@
+"""The deep harmonizers (cyclegan, stylemapper) on tiny phantoms with tiny networks.
+
+The phantoms are those of the histogram tests (two "scanners" that differ in gain and
+contrast). Networks are a few hundred parameters trained for a few steps: these tests check
+the contracts (shapes, kinetics, determinism, persistence, refusals, resume), not quality.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harmonizers.acquisition import Acquisition
+from harmonizers.base import Harmonizer, ModelError
+from harmonizers.cyclegan import CycleGANConfig, CycleGANHarmonizer
+from harmonizers.domain import ScannerDomain
+from harmonizers.model_store import save_model
+from harmonizers.nets import X_MAX, initial_slope_logits, monotone_transfer
+from harmonizers.registry import harmonizer_class, load_model
+from harmonizers.stylemapper import StyleMapperConfig, StyleMapperHarmonizer
+from harmonizers.train import main as train_main
+from tests.test_harmonizer_histogram import intrinsic, scan, source_scan, target_scan
+from tests.test_harmonizer_train import write_dicom
+
+# 1 mm phantom pixels on a 1 mm working grid: 40 x 48 working pixels.
+CYCLE = CycleGANConfig(steps=4, batch=2, crop=24, width=4, blocks=1, knots=8, work_mm=1.0)
+STYLE = StyleMapperConfig(steps=4, batch=2, crop=24, width=4, blocks=1, style_dim=4, knots=8,
+                          work_mm=1.0)
+OTHER = ScannerDomain("PHILIPS", 1.5)
+METHODS = ("cyclegan", "stylemapper")
+
+
+def other_scan(seed: int) -> Acquisition:
+    return scan(intrinsic(seed)[0], gain=3.0, gamma=1.3, domain=OTHER, seed=seed + 700)
+
+
+def fit(method: str, lr: float | None = None, checkpoint: Path | None = None,
+        on_step: Callable[[int, dict[str, float]], None] | None = None) -> Harmonizer:
+    """Fit a tiny model of ``method`` on two source and two target phantoms."""
+    source = [source_scan(10, 0.7), source_scan(11, 2.0)]
+    target = [target_scan(12), target_scan(13)]
+    if method == "cyclegan":
+        cycle = CYCLE if lr is None else dataclasses.replace(CYCLE, lr=lr)
+        return CycleGANHarmonizer.fit(source, target, config=cycle, checkpoint=checkpoint,
+                                      on_step=on_step)
+    style = STYLE if lr is None else dataclasses.replace(STYLE, lr=lr)
+    return StyleMapperHarmonizer.fit(source, target, config=style, others=[[other_scan(14)]],
+                                     checkpoint=checkpoint, on_step=on_step)
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def fitted(request: pytest.FixtureRequest) -> Harmonizer:
+    """A fitted model whose gain is made far from uniform (random head and transfer)."""
+    harmonizer = fit(request.param)
+    generator = harmonizer.generator  # type: ignore[attr-defined]
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, param in generator.named_parameters():
+            if "head" in name or "transfer" in name:
+                param.copy_(torch.randn_like(param))
+    return harmonizer
+
+
+def test_harmonizes_a_tiny_acquisition(fitted: Harmonizer) -> None:
+    acq = source_scan(20, 1.3)
+    out = fitted.harmonize(acq)
+    assert out.shape == acq.pixels.shape and out.dtype == np.float32
+    assert np.isfinite(out).all() and out.min() >= 0
+    # A real mapping, not a copy: the per-voxel gain varies over the image.
+    ratio = out[0][acq.pixels[0] > 50] / acq.pixels[0][acq.pixels[0] > 50]
+    assert ratio.std() > 0.01 * ratio.mean()
+
+
+def test_percent_enhancement_is_kept_per_voxel(fitted: Harmonizer) -> None:
+    acq = source_scan(21, 1.0)
+    out = fitted.harmonize(acq).astype(np.float64)
+    pixels = acq.pixels.astype(np.float64)
+    tissue = pixels[0] > 0.05 * pixels[0].max()
+    pe_in = (pixels[1:, tissue] - pixels[0, tissue]) / pixels[0, tissue]
+    pe_out = (out[1:, tissue] - out[0, tissue]) / out[0, tissue]
+    assert np.abs(pe_in).max() > 0.5  # the lesion enhances: the check is not vacuous
+    np.testing.assert_allclose(pe_out, pe_in, rtol=1e-4, atol=1e-4)
+
+
+def test_inference_is_deterministic(fitted: Harmonizer) -> None:
+    acq = source_scan(22, 1.0)
+    np.testing.assert_array_equal(fitted.harmonize(acq), fitted.harmonize(acq))
+
+
+def test_single_slice_is_supported(fitted: Harmonizer) -> None:
+    acq = source_scan(23, 1.0)
+    one = dataclasses.replace(acq, pixels=np.ascontiguousarray(acq.pixels[:, 3:4]))
+    out = fitted.harmonize(one)
+    assert out.shape == one.pixels.shape and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_save_load_round_trip_through_the_registry(method: str, tmp_path: Path) -> None:
+    harmonizer = fit(method)
+    name = f"{method}-ge-1.5t_to_siemens-3t"
+    card = save_model(harmonizer, tmp_path / name, training_data="phantoms",
+                      training_command="pytest")
+    loaded = load_model(method, name, root=tmp_path)
+    assert loaded.sha256 == card.sha256
+    assert (loaded.card["source_domain"], loaded.card["target_domain"]) == (
+        "ge-1.5t", "siemens-3t")
+    acq = source_scan(24, 1.0)
+    np.testing.assert_array_equal(loaded.harmonizer.harmonize(acq), harmonizer.harmonize(acq))
+    # The other deep method cannot load it, and tampering is caught by the card's sha256.
+    other = next(m for m in METHODS if m != method)
+    with pytest.raises(ModelError, match="model, not"):
+        load_model(other, name, root=tmp_path)
+    weights = tmp_path / name / harmonizer.weights_file
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
+    with pytest.raises(ModelError, match="sha256"):
+        load_model(method, name, root=tmp_path)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_garbage_weights_are_refused(method: str, tmp_path: Path) -> None:
+    cls = harmonizer_class(method)
+    (tmp_path / cls.weights_file).write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="not a readable torch weights file"):
+        cls.load(tmp_path)
+
+
+def test_registry_refuses_unknown_methods(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="unknown harmonization method 'munit'"):
+        harmonizer_class("munit")
+    with pytest.raises(ModelError, match="unknown harmonization method"):
+        load_model("CycleGAN", "cyclegan-ge-1.5t_to_siemens-3t", root=tmp_path)
+    with pytest.raises(ModelError, match="no model"):
+        load_model("cyclegan", "cyclegan-nowhere", root=tmp_path)
+
+
+def test_bad_input_is_refused_clearly(fitted: Harmonizer) -> None:
+    acq = source_scan(25, 1.0)
+    nan = acq.pixels.copy()
+    nan[1, 2, 3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.harmonize(dataclasses.replace(acq, pixels=nan))
+    with pytest.raises(ValueError, match="post-contrast phase"):
+        fitted.harmonize(dataclasses.replace(acq, pixels=acq.pixels[:1], phase_times_s=(0.0,)))
+    with pytest.raises(TypeError, match="Acquisition"):
+        fitted.harmonize(acq.pixels[0, 0])
+    with pytest.raises(ValueError, match="pixel spacing"):
+        fitted.harmonize(dataclasses.replace(acq, spacing_mm=(2.0, 0.0, 1.0)))
+    with pytest.raises(ValueError, match="coarser than this model"):
+        fitted.harmonize(dataclasses.replace(acq, spacing_mm=(2.0, 3.0, 3.0)))
+    with pytest.raises(ValueError, match="field of view"):
+        small = np.ascontiguousarray(acq.pixels[:, :, :10, :10])
+        fitted.harmonize(dataclasses.replace(acq, pixels=small))
+    with pytest.raises(ValueError, match="phase times"):
+        Acquisition(pixels=acq.pixels, spacing_mm=acq.spacing_mm, phase_times_s=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_training_refuses_mixed_or_bad_sides(method: str) -> None:
+    cls = harmonizer_class(method)
+    with pytest.raises(ValueError, match="mix scanner domains"):
+        cls.fit([source_scan(30, 1.0), target_scan(31)], [target_scan(32)])
+    bad = source_scan(33, 1.0)
+    bad.pixels[0, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        cls.fit([bad], [target_scan(34)])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_training_resumes_from_a_checkpoint(method: str, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "checkpoint.pt"
+    stop_at = 2
+
+    def interrupt(step: int, losses: dict[str, float]) -> None:
+        if step == stop_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(method, checkpoint=checkpoint, on_step=interrupt)
+    assert torch.load(checkpoint, weights_only=True)["step"] == stop_at
+    steps_seen: list[int] = []
+    resumed = fit(method, checkpoint=checkpoint,
+                  on_step=lambda step, losses: steps_seen.append(step))
+    assert steps_seen == list(range(stop_at + 1, CYCLE.steps + 1))
+    straight = fit(method)
+    for (name, a), (_, b) in zip(resumed.generator.state_dict().items(),  # type: ignore[attr-defined]
+                                 straight.generator.state_dict().items(),  # type: ignore[attr-defined]
+                                 strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    # A checkpoint made with other hyperparameters is refused, not mixed in.
+    with pytest.raises(ValueError, match="delete it to start afresh"):
+        fit(method, checkpoint=checkpoint, lr=1e-3)
+
+
+def test_stylemapper_takes_the_target_style_at_run_time() -> None:
+    harmonizer = fit("stylemapper")
+    assert isinstance(harmonizer, StyleMapperHarmonizer)
+    assert harmonizer.target_domain == ScannerDomain("SIEMENS", 3.0)
+    restyled = harmonizer.restyled([other_scan(40)])
+    assert restyled.target_domain == OTHER and restyled.source_domain == harmonizer.source_domain
+    assert not torch.equal(restyled.target_style, harmonizer.target_style)
+    acq = source_scan(41, 1.0)
+    # Target scale differs (gain 3 vs 1), so the outputs land in different units.
+    assert restyled.harmonize(acq).mean() > 1.5 * harmonizer.harmonize(acq).mean()
+    with pytest.raises(ValueError, match="mix scanner domains"):
+        harmonizer.restyled([other_scan(42), target_scan(43)])
+
+
+def test_dicomnode_train_cyclegan_end_to_end(tmp_path: Path) -> None:
+    # Phantoms at 3.5 mm pixels so that the default working grid fits them.
+    for side, acq, vendor in (("source", source_scan(50, 1.0), "GE"),
+                              ("target", target_scan(51), "SIEMENS")):
+        coarse = dataclasses.replace(acq, spacing_mm=(8.0, 3.5, 3.5))
+        write_dicom(coarse, tmp_path / side / "dce", vendor)
+    out = tmp_path / "models" / "cyclegan-ge-1.5t_to_siemens-3t"
+    argv = ["cyclegan", "--source", str(tmp_path / "source"), "--target",
+            str(tmp_path / "target"), "--out", str(out), "--steps", "2", "--threads", "1"]
+    assert train_main(argv) == 0
+    loaded = load_model("cyclegan", out.name, root=out.parent)
+    assert loaded.card["training_command"] == "dicomnode-train " + " ".join(argv)
+    assert not (out / "checkpoint.pt").exists()
+    assert train_main(["histogram", "--source", str(tmp_path / "source"), "--target",
+                       str(tmp_path / "target"), "--out", str(tmp_path / "h"),
+                       "--steps", "3"]) == 1
+
+
+def test_monotone_transfer_is_increasing_from_zero_for_any_logits() -> None:
+    torch.manual_seed(0)
+    x = torch.linspace(0, 2 * X_MAX, 2001)
+    for logits in (torch.randn(16) * 3, initial_slope_logits(16), torch.randn(3, 16)):
+        f = monotone_transfer(x.expand(*logits.shape[:-1], -1), logits)
+        assert torch.all(f[..., 1:] > f[..., :-1])
+        assert torch.all(f[..., 0] == 0)
+    torch.testing.assert_close(monotone_transfer(x, initial_slope_logits(16)), x)
+
+
+def test_dicomnode_train_restyles_a_stylemapper(tmp_path: Path) -> None:
+    base = fit("stylemapper")
+    assert isinstance(base, StyleMapperHarmonizer)
+    save_model(base, tmp_path / "base", training_data="phantoms", training_command="pytest")
+    write_dicom(source_scan(60, 1.0), tmp_path / "ge" / "dce", "GE")
+    write_dicom(target_scan(61, gain=2.0), tmp_path / "siemens" / "dce", "SIEMENS")
+    out = tmp_path / "stylemapper-ge-1.5t_to_siemens-3t"
+    argv = ["stylemapper", "--restyle-from", str(tmp_path / "base"), "--source",
+            str(tmp_path / "ge"), "--target", str(tmp_path / "siemens"), "--out", str(out)]
+    assert train_main(argv) == 0
+    loaded = load_model("stylemapper", out.name, root=tmp_path).harmonizer
+    assert isinstance(loaded, StyleMapperHarmonizer)
+    # Same network, new style reference: twice the target gain, about twice the scale.
+    torch.testing.assert_close(loaded.generator.state_dict(), base.generator.state_dict())
+    assert 1.6 < loaded.target_scale / base.target_scale < 2.4
