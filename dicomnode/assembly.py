@@ -232,6 +232,8 @@ def order_phases(datasets: Sequence[Dataset]) -> list[list[Dataset]]:
 
 
 def _real_world(ds: Dataset) -> np.ndarray:
+    if "PixelData" not in ds:
+        raise AssemblyError(f"instance {ds.get('SOPInstanceUID', '?')} has no PixelData")
     pixels = ds.pixel_array.astype(np.float32)
     if pixels.ndim != 2:
         raise AssemblyError(f"expected one frame per instance, got pixel shape {pixels.shape}")
@@ -244,7 +246,8 @@ def assemble(datasets: Sequence[Dataset]) -> AssembledAcquisition:
     """Build the 4D acquisition from one group's full datasets (with pixel data).
 
     An instance sent twice (a scanner resending after a timeout) counts once: the last copy
-    in ``datasets`` wins, so pass them in arrival order.
+    in ``datasets`` wins, so pass them in arrival order. The pixels move from the datasets
+    into the acquisition (their PixelData is deleted), so a series is held in memory once.
     """
     for ds in datasets:
         reason = unsupported_reason(ds)
@@ -253,7 +256,12 @@ def assemble(datasets: Sequence[Dataset]) -> AssembledAcquisition:
     latest = {str(ds.SOPInstanceUID): ds for ds in datasets}
     phases = order_phases(list(latest.values()))
     first = phases[0][0]
-    pixels = np.stack([np.stack([_real_world(ds) for ds in phase]) for phase in phases])
+    pixels = np.empty((len(phases), len(phases[0]), int(first.Rows), int(first.Columns)),
+                      dtype=np.float32)
+    for p, phase in enumerate(phases):
+        for z, ds in enumerate(phase):
+            pixels[p, z] = _real_world(ds)
+            del ds.PixelData
     positions = [_position(ds) for ds in phases[0]]
     slice_gap = float(np.median(np.diff(positions))) if len(positions) > 1 else 0.0
     z_spacing = slice_gap or float(first.get("SliceThickness") or 1.0)
@@ -265,7 +273,7 @@ def assemble(datasets: Sequence[Dataset]) -> AssembledAcquisition:
     else:
         phase_times = tuple(float(i) for i in range(len(phases)))
     acquisition = Acquisition(
-        pixels=pixels.astype(np.float32, copy=False),
+        pixels=pixels,
         spacing_mm=(abs(z_spacing), row_mm, col_mm),
         phase_times_s=phase_times,
         domain=scanner_domain(first),

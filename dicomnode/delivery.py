@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import dcmread
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.dsutils import split_dataset
 
 from dicomnode.config import DeliveryPolicy, DicomDestination, FolderDestination
 from dicomnode.network import set_nodelay
@@ -27,6 +27,10 @@ _STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 _MAX_CONTEXTS = 128
 
 Context = tuple[str, str]  # (SOP class UID, transfer syntax UID)
+
+# Send files by streaming the bytes after their file meta (pynetdicom >= 2.0); the node's
+# files are valid DICOM it wrote or checked at intake.
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 
 class DeliveryError(RuntimeError):
@@ -65,13 +69,14 @@ class Outbox:
         if isinstance(destination, FolderDestination):
             _copy_to_folder(files, destination.path / folder_name)
             return
-        datasets = [dcmread(path) for path in files]
-        needed = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
+        metas = [split_dataset(path)[0] for path in files]
+        needed = {(str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in metas}
         where = f"{destination.ae_title}@{destination.host}:{destination.port}"
         current = self._association(name, destination, needed, where)
         try:
-            for path, ds in zip(files, datasets, strict=True):
-                status = current.assoc.send_c_store(ds)
+            for path in files:
+                # From the file as it is: no decode and re-encode of every instance.
+                status = current.assoc.send_c_store(path)
                 code = int(status.Status) if "Status" in status else None
                 if code is None:
                     raise DeliveryError(f"{where}: no C-STORE response for {path.name}")

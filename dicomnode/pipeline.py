@@ -163,7 +163,9 @@ class Pipeline:
     def _harmonize(self, job: Job, rule: Rule) -> Path:
         assert rule.method and rule.model
         instances = self._version_instances(job)
-        assembled = assemble([dcmread(instance.path) for instance in instances])
+        # Deferred reads: each slice's pixels are loaded when assembly reaches it, then
+        # dropped, so the series is in memory once, as float32.
+        assembled = assemble([dcmread(i.path, defer_size="64 KB") for i in instances])
         acquisition = assembled.acquisition
         loaded = load_model(rule.method, rule.model)
         loaded.check_source(acquisition.domain)

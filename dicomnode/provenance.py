@@ -24,12 +24,15 @@ import datetime as dt
 import hashlib
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomnode import __version__
@@ -41,12 +44,13 @@ _MAX_STORED = 65535
 _UID_NAMESPACE = uuid.UUID("6b1f3c2e-8d4a-5f0e-9a7b-2c3d4e5f6a7b")  # dicomnode's own
 
 # Elements that describe the old pixel values and would now be wrong.
-_STALE = [
+_STALE_KEYWORDS = [
     "PixelData", "SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue",
     "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "VOILUTSequence",
     "ModalityLUTSequence", "RescaleType", "LossyImageCompression",
     "LossyImageCompressionRatio", "LossyImageCompressionMethod",
 ]
+_STALE_TAGS = {Tag(keyword) for keyword in _STALE_KEYWORDS}
 
 # Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1).
 _TYPE2_PATIENT_STUDY = [
@@ -148,17 +152,21 @@ def _add_private_block(ds: Dataset, provenance: Provenance) -> None:
 
 def derived_series(
     assembled: AssembledAcquisition, harmonized: np.ndarray, provenance: Provenance
-) -> list[Dataset]:
-    """One derived instance per source instance, same layout: one series per source series."""
+) -> Iterator[Dataset]:
+    """One derived instance per source instance, same layout: one series per source series.
+
+    Yields them one at a time so that a caller writing each to disk holds one slice's
+    pixel bytes, not the series'. ``harmonized`` is cleaned in place (NaN and negatives to 0).
+    """
     if harmonized.shape != assembled.acquisition.pixels.shape:
         raise ValueError(
             f"harmonized shape {harmonized.shape} != source {assembled.acquisition.pixels.shape}"
         )
-    values = np.clip(np.nan_to_num(harmonized, nan=0.0), 0.0, None)
+    values = np.nan_to_num(harmonized, nan=0.0, copy=False)
+    np.clip(values, 0.0, None, out=values)
     slope, centre, width = _encoding(values)
     when = dt.datetime.now(dt.UTC)
     series_uids = {uid: _derived_uid(uid, provenance) for uid in assembled.series_uids}
-    derived: list[Dataset] = []
     for phase, sources in enumerate(assembled.sources):
         for index, source in enumerate(sources):
             ds = _derive_one(source, provenance, when, series_uids)
@@ -175,18 +183,19 @@ def derived_series(
             ds.WindowWidth = _ds_number(width)
             ds.PixelData = stored.tobytes()
             ds["PixelData"].VR = "OW"
-            derived.append(ds)
-    return derived
+            yield ds
 
 
 def _derive_one(
     source: Dataset, provenance: Provenance, when: dt.datetime, series_uids: dict[str, str]
 ) -> Dataset:
     ds = Dataset()
-    for element in source:
-        if element.keyword not in _STALE and not element.tag.is_private:
-            # A copy: assigning to a shared element would rewrite the source's UIDs.
-            ds.add(copy.deepcopy(element))
+    for tag in source.keys():  # noqa: SIM118 - iterating a Dataset decodes every element
+        if tag not in _STALE_TAGS and not tag.is_private:
+            # Raw (not yet decoded) elements are immutable and shared as they are; a decoded
+            # one is copied, or assigning to it would rewrite the source's UIDs.
+            element = source.get_item(tag)
+            ds[tag] = element if isinstance(element, RawDataElement) else copy.copy(element)
     source_series = str(source.SeriesInstanceUID)
     ds.SOPInstanceUID = _derived_uid(str(source.SOPInstanceUID), provenance)
     ds.SeriesInstanceUID = series_uids[source_series]

@@ -19,7 +19,7 @@ PROVENANCE = Provenance(
 def test_derived_instances_carry_the_standard_provenance() -> None:
     assembled = assemble(read_sample("ge-signa-architect-3t-multiphase"))
     harmonized = assembled.acquisition.pixels * 2.5 + 7
-    derived = derived_series(assembled, harmonized, PROVENANCE)
+    derived = list(derived_series(assembled, harmonized, PROVENANCE))
     assert len(derived) == 100
     source = assembled.sources[3][4]
     ds = derived[3 * 10 + 4]
@@ -49,11 +49,11 @@ def test_derived_instances_carry_the_standard_provenance() -> None:
 def test_derived_uids_are_deterministic_so_reruns_send_no_duplicates() -> None:
     assembled = assemble(read_sample("philips-achieva-3t-dynamics"))
     pixels = assembled.acquisition.pixels
-    first = derived_series(assembled, pixels, PROVENANCE)
-    again = derived_series(assembled, pixels, PROVENANCE)
+    first = list(derived_series(assembled, pixels, PROVENANCE))
+    again = list(derived_series(assembled, pixels, PROVENANCE))
     assert [d.SOPInstanceUID for d in first] == [d.SOPInstanceUID for d in again]
     other_model = Provenance(**{**PROVENANCE.__dict__, "model_sha256": "ef" * 32})
-    changed = derived_series(assembled, pixels, other_model)
+    changed = list(derived_series(assembled, pixels, other_model))
     assert first[0].SOPInstanceUID != changed[0].SOPInstanceUID
     # The vendor's private scale slope no longer describes the pixels: it must be gone.
     assert (0x2005, 0x100E) not in first[0]
@@ -68,7 +68,8 @@ def test_derived_uids_are_deterministic_so_reruns_send_no_duplicates() -> None:
 def test_derivation_adds_no_dciodvfy_error(folder: str, tmp_path: Path) -> None:
     """Real files carry their own errors; the derived file must not add any."""
     datasets = read_sample(folder)
-    derived = derived_series(assemble(datasets), assemble(datasets).acquisition.pixels, PROVENANCE)
+    assembled = assemble(datasets)
+    derived = list(derived_series(assembled, assembled.acquisition.pixels, PROVENANCE))
     source_path, derived_path = tmp_path / "source.dcm", tmp_path / "derived.dcm"
     source = next(d for d in datasets if d.SOPInstanceUID == derived[0].SourceImageSequence[0]
                   .ReferencedSOPInstanceUID)
