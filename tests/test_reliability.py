@@ -106,6 +106,24 @@ def _kill(node: Node) -> None:
     node.stop()
 
 
+def _restart_and_check(
+    folder: Path, pacs: Orthanc, sent: set[str], resend: Path | None = None
+) -> None:
+    """Restart the killed node on its folder (sending the study again if asked), then check
+    that the PACS holds one derived instance per sent instance: none missing, none twice."""
+    restarted = _node(folder, pacs).start()
+    try:
+        if resend is not None:
+            assert storescu([resend], restarted.ae_title, restarted.port).returncode == 0
+        wait_for(_all_done(restarted), 180, "the job to finish")
+        (job,) = _jobs(restarted)
+        assert job.state == "delivered", job.reason
+    finally:
+        restarted.stop()
+    sources = _derived_sources(pacs)
+    assert len(sources) == len(sent) and set(sources) == sent
+
+
 @pytest.fixture
 def pacs(tmp_path: Path) -> Iterator[Orthanc]:
     orthanc = Orthanc(tmp_path / "orthanc").start()
@@ -132,16 +150,7 @@ def test_crash_mid_ingest_then_the_scanner_sends_again(
             scanner.kill()
     acknowledged = _received(node)
     assert 60 <= acknowledged < len(sent)
-    restarted = _node(tmp_path / "node", pacs).start()
-    try:
-        assert storescu([study], restarted.ae_title, restarted.port).returncode == 0
-        wait_for(_all_done(restarted), 180, "the job to finish")
-        (job,) = _jobs(restarted)
-        assert job.state == "delivered", job.reason
-    finally:
-        restarted.stop()
-    sources = _derived_sources(pacs)
-    assert len(sources) == len(sent) and set(sources) == sent
+    _restart_and_check(tmp_path / "node", pacs, sent, resend=study)
 
 
 def test_crash_mid_delivery_resends_without_duplicates(study: Path, tmp_path: Path) -> None:
@@ -155,15 +164,7 @@ def test_crash_mid_delivery_resends_without_duplicates(study: Path, tmp_path: Pa
         wait_for(lambda: stored() >= 20, 120, "delivery to start")
         _kill(node)
         assert 20 <= stored() < len(sent)
-        restarted = _node(tmp_path / "node", pacs).start()
-        try:
-            wait_for(_all_done(restarted), 180, "the delivery to finish")
-            (job,) = _jobs(restarted)
-            assert job.state == "delivered", job.reason
-        finally:
-            restarted.stop()
-        sources = _derived_sources(pacs)
-        assert len(sources) == len(sent) and set(sources) == sent
+        _restart_and_check(tmp_path / "node", pacs, sent)
     finally:
         pacs.stop()
 
