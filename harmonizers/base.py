@@ -76,10 +76,13 @@ class Harmonizer(ABC):
             raise RuntimeError(
                 f"{self.method} returned shape {out.shape} for input {acquisition.pixels.shape}"
             )
-        if not np.isfinite(out).all():
-            raise RuntimeError(f"{self.method} returned non-finite values")
-        if out.size and out.min() < 0:
-            raise RuntimeError(f"{self.method} returned negative values")
+        if out.size:
+            # min and max propagate NaN and show infinities, with no series-sized temporary.
+            low, high = float(out.min()), float(out.max())
+            if not (np.isfinite(low) and np.isfinite(high)):
+                raise RuntimeError(f"{self.method} returned non-finite values")
+            if low < 0:
+                raise RuntimeError(f"{self.method} returned negative values")
         return out
 
 
