@@ -48,6 +48,20 @@ def have(*programs: str) -> bool:
     return all(shutil.which(p) for p in programs)
 
 
+class _Peer:
+    """A process a test starts; stopped by its PID even when it never came up."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _await(self, ready: Callable[[], None]) -> None:
+        try:
+            ready()
+        except BaseException:
+            self.stop()
+            raise
+
+
 def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
     """Poll ``check`` until it is true, or fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -98,7 +112,7 @@ def storescu(
     )
 
 
-class Orthanc:
+class Orthanc(_Peer):
     """An Orthanc PACS on loopback with its own storage, started and stopped by PID."""
 
     def __init__(self, folder: Path, ae_title: str = "ORTHANC", nodelay: bool = True) -> None:
@@ -136,7 +150,7 @@ class Orthanc:
             ["Orthanc", str(config_path)], env=self.env, stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        wait_for(self._up, 30, "Orthanc's REST API")
+        self._await(lambda: wait_for(self._up, 30, "Orthanc's REST API"))
         return self
 
     def _up(self) -> bool:
@@ -170,7 +184,7 @@ class Orthanc:
         self.stop()
 
 
-class Node:
+class Node(_Peer):
     """Our node as a real process (``python -m dicomnode.cli serve``)."""
 
     def __init__(self, folder: Path, config: dict[str, Any]) -> None:
@@ -193,7 +207,7 @@ class Node:
             [sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), "serve"],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
-        wait_for(self._up, 60, "the node to answer C-ECHO", interval=0.3)
+        self._await(lambda: wait_for(self._up, 60, "the node to answer C-ECHO", interval=0.3))
         return self
 
     def _up(self) -> bool:
