@@ -27,10 +27,9 @@ Values below zero are clipped to zero, since magnitude images are non-negative.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +38,7 @@ from harmonizers.acquisition import Acquisition
 from harmonizers.base import Harmonizer, common_domain
 from harmonizers.domain import ScannerDomain
 from harmonizers.foreground import breast_foreground
+from harmonizers.json_weights import load_json_weights, save_json_weights
 
 # p1 and p99 rather than min/max: robust to a few hot or dead voxels. The deciles between
 # follow the fat, FGT and muscle modes of the breast histogram.
@@ -128,44 +128,27 @@ class HistogramHarmonizer(Harmonizer):
         return out
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        weights = {
-            "format_version": _FORMAT_VERSION,
-            "method": self.method,
+        save_json_weights(self, folder, _FORMAT_VERSION, {
             "percentiles": list(self.percentiles),
             "source_landmarks": self.source_landmarks.tolist(),
             "target_landmarks": self.target_landmarks.tolist(),
             "target_range": list(self.target_range),
-            "source_domain": self.source_domain.name if self.source_domain else None,
-            "target_domain": self.target_domain.name if self.target_domain else None,
-        }
-        (folder / self.weights_file).write_text(json.dumps(weights, indent=2) + "\n")
+        })
 
     @classmethod
     def load(cls, folder: Path) -> Self:
-        path = folder / cls.weights_file
-        try:
-            weights: dict[str, Any] = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-        if not isinstance(weights, dict):
-            raise ValueError(f"{path}: expected a JSON object")
-        if weights.get("format_version") != _FORMAT_VERSION or weights.get("method") != cls.method:
-            raise ValueError(
-                f"{path}: expected format_version {_FORMAT_VERSION} of method {cls.method!r}, "
-                f"got {weights.get('format_version')!r} of {weights.get('method')!r}"
-            )
+        weights, source_domain, target_domain = load_json_weights(cls, folder, _FORMAT_VERSION)
         try:
             return cls(
                 percentiles=weights["percentiles"],
                 source_landmarks=weights["source_landmarks"],
                 target_landmarks=weights["target_landmarks"],
                 target_range=weights["target_range"],
-                source_domain=_parse_domain(weights.get("source_domain")),
-                target_domain=_parse_domain(weights.get("target_domain")),
+                source_domain=source_domain,
+                target_domain=target_domain,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: invalid weights ({exc!r})") from exc
+            raise ValueError(f"{folder / cls.weights_file}: invalid weights ({exc!r})") from exc
 
 
 def foreground_landmarks(volume: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
@@ -243,6 +226,3 @@ def _check_standard(landmarks: npt.ArrayLike, size: int, side: str) -> np.ndarra
         )
     return values
 
-
-def _parse_domain(name: str | None) -> ScannerDomain | None:
-    return ScannerDomain.parse(name) if name is not None else None

@@ -51,13 +51,12 @@ it makes is inside the landmarks.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 import numpy as np
 
@@ -65,6 +64,7 @@ from harmonizers.acquisition import Acquisition
 from harmonizers.base import Harmonizer, ModelError, common_domain
 from harmonizers.domain import ScannerDomain
 from harmonizers.foreground import breast_foreground
+from harmonizers.json_weights import load_json_weights, save_json_weights
 
 # FGT T1 in ms per nominal field (reference "Relaxation": 1266 +/- 82 at 1.5 T, Rakow-Penner
 # JMRI 2006; 1445 +/- 93 at 3 T, Edden JMRI 2010). The water compartment of every voxel gets
@@ -406,37 +406,16 @@ class PhysicsHarmonizer(Harmonizer):
         return out
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        weights = {
-            "format_version": _FORMAT_VERSION,
-            "method": self.method,
+        save_json_weights(self, folder, _FORMAT_VERSION, {
             "target": asdict(self.target),
             "target_levels": asdict(self.target_levels),
             "source_agent": self.source_agent,
-            "source_domain": self.source_domain.name if self.source_domain else None,
-            "target_domain": self.target_domain.name if self.target_domain else None,
-        }
-        (folder / self.weights_file).write_text(json.dumps(weights, indent=2) + "\n")
+        })
 
     @classmethod
     def load(cls, folder: Path) -> Self:
-        path = folder / cls.weights_file
+        weights, source_domain, target_domain = load_json_weights(cls, folder, _FORMAT_VERSION)
         try:
-            weights: dict[str, Any] = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-        if not isinstance(weights, dict):
-            raise ValueError(f"{path}: expected a JSON object")
-        if weights.get("format_version") != _FORMAT_VERSION or weights.get("method") != cls.method:
-            raise ValueError(
-                f"{path}: expected format_version {_FORMAT_VERSION} of method {cls.method!r}, "
-                f"got {weights.get('format_version')!r} of {weights.get('method')!r}"
-            )
-        try:
-            source_domain, target_domain = (
-                ScannerDomain.parse(name) if name is not None else None
-                for name in (weights.get("source_domain"), weights.get("target_domain"))
-            )
             return cls(
                 target=Protocol(**weights["target"]),
                 target_levels=TissueLevels(**weights["target_levels"]),
@@ -445,7 +424,7 @@ class PhysicsHarmonizer(Harmonizer):
                 target_domain=target_domain,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: invalid weights ({exc!r})") from exc
+            raise ValueError(f"{folder / cls.weights_file}: invalid weights ({exc!r})") from exc
 
 
 def _side_agent(acquisitions: Sequence[Acquisition], default: str) -> str:
