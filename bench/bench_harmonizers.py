@@ -18,13 +18,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
 
-import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from evaluation.virtual_scanner.cohort import render_patient  # noqa: E402
 from evaluation.virtual_scanner.profiles import load_profile  # noqa: E402
 from harmonizers.acquisition import Acquisition  # noqa: E402
-from harmonizers.domain import ScannerDomain  # noqa: E402
 from harmonizers.registry import load_model  # noqa: E402
 
 SOURCE = "ge-1.5t"
@@ -37,17 +35,7 @@ REPEATS = 3
 
 def acquisition() -> Acquisition:
     """The benchmark series: 6 phases (the ge-1.5t protocol) at 48 x 256 x 256."""
-    profile = load_profile(SOURCE)
-    rendering = render_patient(7, profile, matrix=MATRIX, slices=SLICES)
-    return Acquisition(
-        pixels=np.asarray(rendering.pixels, dtype=np.float32),
-        spacing_mm=rendering.spacing_mm,
-        phase_times_s=rendering.phase_times_s,
-        domain=ScannerDomain.parse(SOURCE),
-        repetition_time_ms=profile.repetition_time_ms,
-        echo_time_ms=profile.echo_time_ms,
-        flip_angle_deg=profile.flip_angle_deg,
-    )
+    return render_patient(7, load_profile(SOURCE), matrix=MATRIX, slices=SLICES).acquisition()
 
 
 def main() -> None:

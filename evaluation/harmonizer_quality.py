@@ -56,7 +56,6 @@ from evaluation.virtual_scanner.render import Rendering, _with_timing, render_se
 from evaluation.virtual_scanner.tissues import Label
 from harmonizers.acquisition import Acquisition
 from harmonizers.base import Harmonizer
-from harmonizers.domain import ScannerDomain
 from harmonizers.foreground import _otsu
 from harmonizers.model_store import CARD_FILE, ModelCard, ModelError
 from harmonizers.registry import available_methods, load_model
@@ -107,11 +106,7 @@ def make_case(seed: int, source: ScannerProfile, reference: ScannerProfile, matr
               slices: int) -> Case:
     r = render_seed(seed, source, matrix, slices, reference=reference)
     assert r.reference is not None
-    acquisition = Acquisition(
-        pixels=r.pixels, spacing_mm=r.spacing_mm, phase_times_s=r.phase_times_s,
-        domain=ScannerDomain.parse(source.name), repetition_time_ms=source.repetition_time_ms,
-        echo_time_ms=source.echo_time_ms, flip_angle_deg=source.flip_angle_deg,
-    )
+    acquisition = r.acquisition()
     mean_gain = (reference.exam_gain_min + reference.exam_gain_max) / 2
     parenchyma = np.isin(r.labels, (Label.FAT, Label.FGT))
     return Case(

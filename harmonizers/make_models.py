@@ -64,20 +64,10 @@ _MAX_VOXELS = 200_000
 
 def render(seed: int, profile_name: str) -> tuple[Acquisition, np.ndarray]:
     """One patient on one profile at the modest training grid, and its body mask."""
-    profile = load_profile(profile_name)
-    rendering = render_patient(seed, profile, matrix=MATRIX, slices=SLICES)
-    acquisition = Acquisition(
-        pixels=np.asarray(rendering.pixels, dtype=np.float32),
-        spacing_mm=rendering.spacing_mm,
-        phase_times_s=rendering.phase_times_s,
-        domain=ScannerDomain.parse(profile_name),
-        repetition_time_ms=profile.repetition_time_ms,
-        echo_time_ms=profile.echo_time_ms,
-        flip_angle_deg=profile.flip_angle_deg,
-    )
+    rendering = render_patient(seed, load_profile(profile_name), matrix=MATRIX, slices=SLICES)
     # Ground-truth labels (0 = air) rather than the harmonizer's own foreground estimate, so
     # the evaluation does not grade the foreground with itself.
-    return acquisition, rendering.labels != 0
+    return rendering.acquisition(), rendering.labels != 0
 
 
 def body_values(pixels: np.ndarray, body: np.ndarray) -> np.ndarray:

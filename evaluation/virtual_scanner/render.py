@@ -19,6 +19,8 @@ from evaluation.virtual_scanner.compartments import (
 from evaluation.virtual_scanner.grid import Grid, grid_for
 from evaluation.virtual_scanner.patient import Patient, sample_patient
 from evaluation.virtual_scanner.profiles import ScannerProfile
+from harmonizers.acquisition import Acquisition
+from harmonizers.domain import ScannerDomain
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,18 @@ class Rendering:
     acquired: Acquired
     reference: Acquired | None = None
     reference_profile: ScannerProfile | None = None
+
+    def acquisition(self) -> Acquisition:
+        """The study as the node would assemble it from its DICOM files, for harmonizers."""
+        return Acquisition(
+            pixels=np.asarray(self.pixels, dtype=np.float32),
+            spacing_mm=self.spacing_mm,
+            phase_times_s=self.phase_times_s,
+            domain=ScannerDomain(self.profile.vendor, self.profile.field_strength_t),
+            repetition_time_ms=self.profile.repetition_time_ms,
+            echo_time_ms=self.profile.echo_time_ms,
+            flip_angle_deg=self.profile.flip_angle_deg,
+        )
 
 
 def render(patient: Patient, profile: ScannerProfile, grid: Grid,
