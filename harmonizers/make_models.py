@@ -195,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"virtual scanner (evaluation.virtual_scanner.cohort.render_patient), "
                 f"matrix {MATRIX}, {SLICES} slices: {source} seeds {SOURCE_SEEDS[0]}-"
                 f"{SOURCE_SEEDS[-1]}, {REFERENCE} seeds {TARGET_SEEDS[0]}-{TARGET_SEEDS[-1]}"
+                + (f"; one network for all sources, also trained on {', '.join(STYLE_DOMAINS)}"
+                   f" seeds {SOURCE_SEEDS[0]}-{SOURCE_SEEDS[-1]}; style reference from the "
+                   f"{REFERENCE} series" if args.method == "stylemapper" else "")
             ),
             training_command=shlex.join(["python", "-m", "harmonizers.make_models", *args_list]),
             evaluation=evaluate(harmonizer, source),

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harmonizers.acquisition import Acquisition
+from harmonizers.base import ModelError
 from harmonizers.domain import ScannerDomain
 
 # The transfer's knots span normalized values 0..X_MAX; the series scale puts breast tissue
@@ -58,7 +59,7 @@ MIN_WORK_PIXELS = 16
 # detail the networks never saw.
 MAX_SPACING_FACTOR = 2.0
 # Slices per forward pass at inference: bounds the temporaries to a few slices' worth.
-_CHUNK = 8
+_CHUNK = 4
 # Sample size for the robust series scale; the whole volume says no more.
 _SCALE_SAMPLE = 1 << 20
 
@@ -250,14 +251,14 @@ def series_scale(volume: np.ndarray) -> float:
 
     The mean of the voxels above the volume's mean: air (near zero, most of the field of
     view) falls below, the body above. Cheap on any volume size (a strided sample), unlike
-    a full foreground segmentation, and stable under Rician noise. Raises ValueError for a
+    a full foreground segmentation, and stable under Rician noise. Raises ModelError for a
     volume with no signal.
     """
     values = volume.ravel()[:: max(1, volume.size // _SCALE_SAMPLE)].astype(np.float64)
     tissue = values[values > values.mean()]
     scale = float(tissue.mean()) if tissue.size else 0.0
     if not (math.isfinite(scale) and scale > 0):
-        raise ValueError("the pre-contrast phase has no signal (constant or non-positive)")
+        raise ModelError("the pre-contrast phase has no signal (constant or non-positive)")
     return scale
 
 
@@ -273,7 +274,10 @@ class WorkGrid:
 
 
 def check_acquisition(acquisition: Acquisition, work_mm: float, method: str) -> WorkGrid:
-    """Refuse what the deep models cannot harmonize, with a clear ValueError.
+    """Refuse what the deep models cannot harmonize, with a clear ModelError.
+
+    ModelError (a ValueError) because the node quarantines a job with it, naming the
+    reason, as it does for a model that does not fit the series.
 
     Non-finite voxels, fewer than two phases (the gain comes from the pre-contrast and is
     meant for the post-contrast phases; a single phase is not a DCE series), an invalid
@@ -282,25 +286,25 @@ def check_acquisition(acquisition: Acquisition, work_mm: float, method: str) -> 
     """
     pixels = acquisition.pixels
     if pixels.size == 0:
-        raise ValueError(f"{method}: the acquisition is empty, shape {pixels.shape}")
+        raise ModelError(f"{method}: the acquisition is empty, shape {pixels.shape}")
     if not np.isfinite(pixels).all():
-        raise ValueError(f"{method}: the acquisition holds NaN or infinite values")
+        raise ModelError(f"{method}: the acquisition holds NaN or infinite values")
     if acquisition.n_phases < 2:
-        raise ValueError(
+        raise ModelError(
             f"{method}: needs a pre-contrast and at least one post-contrast phase, got "
             f"{acquisition.n_phases} phase"
         )
     dy, dx = (float(s) for s in acquisition.spacing_mm[1:])
     if not (math.isfinite(dy) and math.isfinite(dx) and dy > 0 and dx > 0):
-        raise ValueError(f"{method}: invalid pixel spacing {acquisition.spacing_mm[1:]} mm")
+        raise ModelError(f"{method}: invalid pixel spacing {acquisition.spacing_mm[1:]} mm")
     if max(dy, dx) > MAX_SPACING_FACTOR * work_mm:
-        raise ValueError(
+        raise ModelError(
             f"{method}: pixel spacing {dy:g} x {dx:g} mm is coarser than this model's "
             f"{MAX_SPACING_FACTOR:g} x {work_mm:g} mm working grid"
         )
     grid = WorkGrid(round(pixels.shape[2] * dy / work_mm), round(pixels.shape[3] * dx / work_mm))
     if min(grid.height, grid.width) < MIN_WORK_PIXELS:
-        raise ValueError(
+        raise ModelError(
             f"{method}: field of view {pixels.shape[2] * dy:.0f} x {pixels.shape[3] * dx:.0f} mm "
             f"is too small for this model (at least {MIN_WORK_PIXELS * work_mm:.0f} mm a side)"
         )
@@ -371,24 +375,29 @@ def harmonize_kinetic(
 
     ``log_gain(stacks, size)`` maps (n, 3, h, w) working-grid stacks to the (n, 1, *size)
     log-gain field; ``logits`` are the transfer's. Per chunk of slices the normalized gain
-    ``f(x0) / x0 * exp(b)`` is computed once and every phase is multiplied by it (times
-    target scale / this series' scale, for target units), so percent enhancement is kept.
-    Negative inputs (a negative rescale intercept) are clipped to 0 first, as magnitude
-    images are non-negative. Memory: the output plus a few slices of temporaries.
+    ``f(x0) / x0 * exp(b)`` is computed once and every phase is multiplied by it, so
+    percent enhancement is kept. Then one factor for the whole series sets its level: the
+    harmonized pre-contrast's :func:`series_scale` becomes ``target_scale``, the target's
+    mean. The networks shape contrast and shading; the level is a statistic of the target
+    series, which adversarial training leaves free to drift (on the virtual scanner the
+    style mapper's output drifted about 18 % dark before this step). A single factor
+    keeps percent enhancement too. Negative inputs (a negative rescale intercept) are
+    clipped to 0 first, as magnitude images are non-negative. Memory: the output plus a
+    few slices of temporaries.
     """
     grid = check_acquisition(acquisition, work_mm, method)
     scale = series_scale(acquisition.pre_contrast)
-    factor = np.float32(target_scale / scale)
     out = np.empty(acquisition.pixels.shape, dtype=np.float32)
     size = (acquisition.pixels.shape[2], acquisition.pixels.shape[3])
     with torch.inference_mode():
         for z, pre, stacks in work_stacks(acquisition.pre_contrast, scale, grid):
             gain = transfer_ratio(pre, logits) * torch.exp(log_gain(stacks, size)[:, 0])
-            g = gain.numpy() * factor
+            g = gain.numpy()
             for phase in range(acquisition.n_phases):
                 target = out[phase, z]
                 np.maximum(acquisition.pixels[phase, z], 0.0, out=target)
                 target *= g
+    out *= np.float32(target_scale / series_scale(out[0]))
     return out
 
 

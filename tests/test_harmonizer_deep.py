@@ -139,20 +139,21 @@ def test_registry_refuses_unknown_methods(tmp_path: Path) -> None:
 
 
 def test_bad_input_is_refused_clearly(fitted: Harmonizer) -> None:
+    """ModelError, which the node turns into a quarantine with the reason."""
     acq = source_scan(25, 1.0)
     nan = acq.pixels.copy()
     nan[1, 2, 3, 4] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ModelError, match="NaN"):
         fitted.harmonize(dataclasses.replace(acq, pixels=nan))
-    with pytest.raises(ValueError, match="post-contrast phase"):
+    with pytest.raises(ModelError, match="post-contrast phase"):
         fitted.harmonize(dataclasses.replace(acq, pixels=acq.pixels[:1], phase_times_s=(0.0,)))
     with pytest.raises(TypeError, match="Acquisition"):
         fitted.harmonize(acq.pixels[0, 0])
-    with pytest.raises(ValueError, match="pixel spacing"):
+    with pytest.raises(ModelError, match="pixel spacing"):
         fitted.harmonize(dataclasses.replace(acq, spacing_mm=(2.0, 0.0, 1.0)))
-    with pytest.raises(ValueError, match="coarser than this model"):
+    with pytest.raises(ModelError, match="coarser than this model"):
         fitted.harmonize(dataclasses.replace(acq, spacing_mm=(2.0, 3.0, 3.0)))
-    with pytest.raises(ValueError, match="field of view"):
+    with pytest.raises(ModelError, match="field of view"):
         small = np.ascontiguousarray(acq.pixels[:, :, :10, :10])
         fitted.harmonize(dataclasses.replace(acq, pixels=small))
     with pytest.raises(ValueError, match="phase times"):
