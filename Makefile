@@ -9,7 +9,7 @@ PIP     := $(VENV)/bin/pip
 APT_PKGS := dcmtk dicom3tools orthanc
 export TCP_NODELAY := 1
 
-.PHONY: all deps apt venv demo test lint typecheck unit bench models clean
+.PHONY: all deps apt venv demo test lint typecheck bench models models-deep clean
 
 all: test
 
@@ -47,9 +47,15 @@ demo: deps
 bench: deps
 	$(PY) -m bench
 
-# Re-fit the shipped histogram models from a simulated training cohort (see harmonizers/README.md).
+# Re-fit the shipped models from simulated training cohorts (see harmonizers/README.md):
+# `models` takes under a minute; `models-deep` trains the CNNs, about half an hour on one core.
 models: deps
 	$(PY) -m harmonizers.make_models
+	$(PY) -m harmonizers.make_models --method physics
+
+models-deep: deps
+	$(PY) -m harmonizers.make_models --method cyclegan
+	$(PY) -m harmonizers.make_models --method stylemapper
 
 clean:
 	rm -rf var bench/out .pytest_cache .mypy_cache .ruff_cache

@@ -37,39 +37,37 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from harmonizers.acquisition import Acquisition
-from harmonizers.base import Harmonizer, common_domain
-from harmonizers.domain import ScannerDomain
+from harmonizers.base import common_domain
+from harmonizers.deep import DeepHarmonizer
 from harmonizers.nets import (
     Encoder,
     PatchDiscriminator,
     bounded_log_gain,
-    check_acquisition,
-    domain_name,
     harmonize_kinetic,
     initial_slope_logits,
-    load_state,
-    load_weights,
     log_gain_head,
+    log_l1,
+    lsgan,
     monotone_transfer,
     mutual_information,
-    parse_domain,
     quantile_logits,
-    save_weights,
-    series_scale,
     to_log,
-    work_volume,
 )
-from harmonizers.training import Trainer, crop_batch, run_training, training_device
-
-_FORMAT_VERSION = 1
+from harmonizers.training import (
+    Trainer,
+    TrainingConfig,
+    adam,
+    crop_batch,
+    prepare_volumes,
+    run_training,
+)
 
 
 @dataclass(frozen=True)
-class CycleGANConfig:
+class CycleGANConfig(TrainingConfig):
     """Hyperparameters. The defaults are the shipped models' (about 4 min on one core).
 
     ``width``/``blocks``/``knots``/``work_mm`` define the network and are saved with the
@@ -88,10 +86,6 @@ class CycleGANConfig:
     lambda_identity: float = 1.0
     lambda_mi: float = 1.0
     seed: int = 0
-
-    def resumable(self) -> dict[str, Any]:
-        """Everything but ``steps``: a checkpoint may be continued to a larger budget."""
-        return {k: v for k, v in asdict(self).items() if k != "steps"}
 
 
 class GainGenerator(nn.Module):
@@ -119,41 +113,15 @@ class GainGenerator(nn.Module):
         return monotone_transfer(stack, self.transfer_logits) * gain
 
 
-def prepare_volumes(
-    acquisitions: Sequence[Acquisition], work_mm: float, method: str
-) -> tuple[list[np.ndarray], list[float]]:
-    """Normalized pre-contrast volumes on the working grid, and each series' scale."""
-    volumes, scales = [], []
-    for acq in acquisitions:
-        check_acquisition(acq, work_mm, method)
-        scale = series_scale(acq.pre_contrast)
-        normalized = np.maximum(acq.pre_contrast, 0.0) / np.float32(scale)
-        volumes.append(work_volume(normalized, acq.spacing_mm[1:], work_mm))
-        scales.append(scale)
-    return volumes, scales
-
-
-def _log_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """L1 on log intensities: relative errors, so dim fat counts as much as bright FGT."""
-    return F.l1_loss(to_log(a), to_log(b))
-
-
-def _lsgan(prediction: torch.Tensor, real: bool) -> torch.Tensor:
-    """Least-squares GAN loss (Mao 2017), as CycleGAN uses."""
-    return F.mse_loss(prediction, torch.full_like(prediction, 1.0 if real else 0.0))
-
-
 class _CycleTrainer(Trainer):
     method = "cyclegan"
 
     def __init__(
         self, config: CycleGANConfig, source: list[np.ndarray], target: list[np.ndarray]
     ) -> None:
-        torch.manual_seed(config.seed)
-        self.rng = np.random.default_rng(config.seed)
+        super().__init__(config.seed)
         self.cfg = config
         self.config = config.resumable()
-        self.device = training_device()
         self.source, self.target = source, target
         self.g_st = GainGenerator(config.width, config.blocks, config.knots).to(self.device)
         self.g_ts = GainGenerator(config.width, config.blocks, config.knots).to(self.device)
@@ -163,12 +131,9 @@ class _CycleTrainer(Trainer):
         self.d_t = PatchDiscriminator().to(self.device)
         self.d_s = PatchDiscriminator().to(self.device)
         self.modules = {"g_st": self.g_st, "g_ts": self.g_ts, "d_t": self.d_t, "d_s": self.d_s}
-        betas = (0.5, 0.999)
         self.optimizers = {
-            "g": torch.optim.Adam([*self.g_st.parameters(), *self.g_ts.parameters()],
-                                  lr=config.lr, betas=betas),
-            "d": torch.optim.Adam([*self.d_t.parameters(), *self.d_s.parameters()],
-                                  lr=config.lr, betas=betas),
+            "g": adam([*self.g_st.parameters(), *self.g_ts.parameters()], config.lr),
+            "d": adam([*self.d_t.parameters(), *self.d_s.parameters()], config.lr),
         }
 
     def step(self) -> dict[str, float]:
@@ -177,9 +142,9 @@ class _CycleTrainer(Trainer):
         y = crop_batch(self.rng, self.target, cfg.batch, cfg.crop, self.device)
         centre = slice(1, 2)
         fake_t, fake_s = self.g_st(x), self.g_ts(y)
-        adversarial = (_lsgan(self.d_t(fake_t[:, centre]), True)
-                       + _lsgan(self.d_s(fake_s[:, centre]), True))
-        cycle = _log_l1(self.g_ts(fake_t), x) + _log_l1(self.g_st(fake_s), y)
+        adversarial = (lsgan(self.d_t(fake_t[:, centre]), True)
+                       + lsgan(self.d_s(fake_s[:, centre]), True))
+        cycle = log_l1(self.g_ts(fake_t), x) + log_l1(self.g_st(fake_s), y)
         # Identity, adapted: the transfer is global, so asking G_st(y) == y would pull it
         # back to the identity for source images too; the shading a generator adds to an
         # image already in its output domain is what must stay zero.
@@ -190,52 +155,24 @@ class _CycleTrainer(Trainer):
                      + (1 - mutual_information(y[:, centre], fake_s[:, centre])))
         loss_g = (adversarial + cfg.lambda_cycle * cycle + cfg.lambda_identity * identity
                   + cfg.lambda_mi * structure)
-        self.optimizers["g"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.optimizers["g"].step()
+        self.update("g", loss_g)
 
         loss_d = 0.5 * (
-            _lsgan(self.d_t(y[:, centre]), True)
-            + _lsgan(self.d_t(fake_t[:, centre].detach()), False)
-            + _lsgan(self.d_s(x[:, centre]), True)
-            + _lsgan(self.d_s(fake_s[:, centre].detach()), False)
+            lsgan(self.d_t(y[:, centre]), True)
+            + lsgan(self.d_t(fake_t[:, centre].detach()), False)
+            + lsgan(self.d_s(x[:, centre]), True)
+            + lsgan(self.d_s(fake_s[:, centre].detach()), False)
         )
-        self.optimizers["d"].zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.optimizers["d"].step()
+        self.update("d", loss_d)
         return {"adv": adversarial.item(), "cyc": cycle.item(), "idt": identity.item(),
                 "mi": structure.item(), "d": loss_d.item()}
 
 
-class CycleGANHarmonizer(Harmonizer):
-    """The source -> target generator of a trained CycleGAN, applied kinetics-safely.
-
-    ``target_scale`` is the target domain's mean series scale (:func:`series_scale`) in
-    its own units: normalized output times it gives target units.
-    """
+class CycleGANHarmonizer(DeepHarmonizer[GainGenerator]):
+    """The source -> target generator of a trained CycleGAN, applied kinetics-safely."""
 
     method: ClassVar[str] = "cyclegan"
-    weights_file: ClassVar[str] = "model.pt"
-
-    def __init__(
-        self,
-        *,
-        generator: GainGenerator,
-        work_mm: float,
-        target_scale: float,
-        source_domain: ScannerDomain | None = None,
-        target_domain: ScannerDomain | None = None,
-        training: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(source_domain=source_domain, target_domain=target_domain)
-        if not (np.isfinite(target_scale) and target_scale > 0):
-            raise ValueError(f"target_scale must be positive, got {target_scale}")
-        if not (np.isfinite(work_mm) and work_mm > 0):
-            raise ValueError(f"work_mm must be positive, got {work_mm}")
-        self.generator = generator.cpu().eval()
-        self.work_mm = float(work_mm)
-        self.target_scale = float(target_scale)
-        self.training = dict(training or {})
+    format_version: ClassVar[int] = 1
 
     @classmethod
     def fit(
@@ -278,38 +215,21 @@ class CycleGANHarmonizer(Harmonizer):
             log_gain=self.generator.log_gain, logits=self.generator.transfer_logits,
             target_scale=self.target_scale)
 
-    def save(self, folder: Path) -> None:
-        save_weights(folder / self.weights_file, {
-            "format_version": _FORMAT_VERSION,
-            "method": self.method,
-            "architecture": {
-                "width": self.generator.encoder.stem.out_channels,
-                "blocks": len(self.generator.encoder.blocks),
-                "knots": int(self.generator.transfer_logits.numel()),
-                "work_mm": self.work_mm,
-            },
-            "generator": self.generator.state_dict(),
-            "target_scale": self.target_scale,
-            "source_domain": domain_name(self.source_domain),
-            "target_domain": domain_name(self.target_domain),
-            "training": self.training,
-        })
+    def _architecture(self) -> dict[str, Any]:
+        return {
+            "width": self.generator.encoder.stem.out_channels,
+            "blocks": len(self.generator.encoder.blocks),
+            "knots": int(self.generator.transfer_logits.numel()),
+        }
 
     @classmethod
-    def load(cls, folder: Path) -> Self:
-        path = folder / cls.weights_file
-        weights = load_weights(path, cls.method, _FORMAT_VERSION)
-        try:
-            arch = weights["architecture"]
-            generator = GainGenerator(int(arch["width"]), int(arch["blocks"]), int(arch["knots"]))
-            load_state(generator, weights["generator"], path)
-            return cls(
-                generator=generator,
-                work_mm=float(arch["work_mm"]),
-                target_scale=float(weights["target_scale"]),
-                source_domain=parse_domain(weights.get("source_domain")),
-                target_domain=parse_domain(weights.get("target_domain")),
-                training=weights.get("training"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: invalid weights ({exc!r})") from exc
+    def _generator(cls, architecture: dict[str, Any]) -> GainGenerator:
+        return GainGenerator(int(architecture["width"]), int(architecture["blocks"]),
+                             int(architecture["knots"]))
+
+    def _reference(self) -> dict[str, Any]:
+        return {"target_scale": self.target_scale}
+
+    @classmethod
+    def _reference_from(cls, weights: dict[str, Any]) -> dict[str, Any]:
+        return {"target_scale": float(weights["target_scale"])}

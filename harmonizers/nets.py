@@ -243,6 +243,19 @@ def mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 16) -> torc
     return (2 * (h_a + h_b - h_ab) / (h_a + h_b + eps)).mean()
 
 
+# ---------------------------------------------------------------- translation losses
+
+
+def log_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 on log intensities: relative errors, so dim fat counts as much as bright FGT."""
+    return F.l1_loss(to_log(a), to_log(b))
+
+
+def lsgan(prediction: torch.Tensor, real: bool) -> torch.Tensor:
+    """Least-squares GAN loss (Mao 2017), as CycleGAN and MUNIT use."""
+    return F.mse_loss(prediction, torch.full_like(prediction, 1.0 if real else 0.0))
+
+
 # -------------------------------------------------------------- series normalization
 
 

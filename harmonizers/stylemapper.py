@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harmonizers.acquisition import Acquisition
-from harmonizers.base import Harmonizer, common_domain
-from harmonizers.cyclegan import prepare_volumes
+from harmonizers.base import common_domain
+from harmonizers.deep import DeepHarmonizer
 from harmonizers.domain import ScannerDomain
 from harmonizers.nets import (
     QUANTILE_LEVELS,
@@ -59,24 +59,27 @@ from harmonizers.nets import (
     bounded_log_gain,
     check_acquisition,
     conv,
-    domain_name,
     harmonize_kinetic,
-    load_state,
-    load_weights,
     log_gain_head,
+    log_l1,
+    lsgan,
     match_logits,
     monotone_transfer,
     mutual_information,
-    parse_domain,
     pooled_tissue_quantiles,
-    save_weights,
     series_scale,
     to_log,
     work_volume,
 )
-from harmonizers.training import Trainer, crop_batch, run_training, training_device
+from harmonizers.training import (
+    Trainer,
+    TrainingConfig,
+    adam,
+    crop_batch,
+    prepare_volumes,
+    run_training,
+)
 
-_FORMAT_VERSION = 1
 # Slices per series the style encoder reads: evenly spread through the slab.
 STYLE_SLICES = 12
 # Tissue quantiles in the style code (5 % to 95 %).
@@ -84,7 +87,7 @@ STYLE_QUANTILES = 9
 
 
 @dataclass(frozen=True)
-class StyleMapperConfig:
+class StyleMapperConfig(TrainingConfig):
     """Hyperparameters. The defaults are the shipped model's (about 4 min on one core)."""
 
     steps: int = 1500
@@ -102,9 +105,6 @@ class StyleMapperConfig:
     lambda_content: float = 1.0
     lambda_mi: float = 1.0
     seed: int = 0
-
-    def resumable(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "steps"}
 
 
 class StyleEncoder(nn.Module):
@@ -216,11 +216,9 @@ class _StyleTrainer(Trainer):
     method = "stylemapper"
 
     def __init__(self, config: StyleMapperConfig, domains: list[list[np.ndarray]]) -> None:
-        torch.manual_seed(config.seed)
-        self.rng = np.random.default_rng(config.seed)
+        super().__init__(config.seed)
         self.cfg = config
         self.config = {**config.resumable(), "domains": len(domains)}
-        self.device = training_device()
         self.domains = domains
         self.gen = StyleGenerator(config.width, config.blocks, config.style_dim,
                                   config.knots).to(self.device)
@@ -229,10 +227,9 @@ class _StyleTrainer(Trainer):
                           for volumes in domains]
         self.disc = PatchDiscriminator(outputs=len(domains)).to(self.device)
         self.modules = {"generator": self.gen, "discriminator": self.disc}
-        betas = (0.5, 0.999)
         self.optimizers = {
-            "g": torch.optim.Adam(self.gen.parameters(), lr=config.lr, betas=betas),
-            "d": torch.optim.Adam(self.disc.parameters(), lr=config.lr, betas=betas),
+            "g": adam(self.gen.parameters(), config.lr),
+            "d": adam(self.disc.parameters(), config.lr),
         }
 
     def _series(self, labels: np.ndarray) -> list[int]:
@@ -269,8 +266,7 @@ class _StyleTrainer(Trainer):
                      ) -> torch.Tensor:
         """LSGAN on each item's own domain channel of the multi-domain PatchGAN."""
         maps = self.disc(images)
-        picked = maps[torch.arange(len(labels), device=maps.device), labels]
-        return F.mse_loss(picked, torch.full_like(picked, 1.0 if real else 0.0))
+        return lsgan(maps[torch.arange(len(labels), device=maps.device), labels], real)
 
     def step(self) -> dict[str, float]:
         cfg, gen = self.cfg, self.gen
@@ -284,8 +280,8 @@ class _StyleTrainer(Trainer):
         centre = slice(1, 2)
         s_a, s_b = self._styles(a, va), self._styles(b, vb)
         x_ab = gen(x_a, self._matched(a, va, b, vb), s_a, s_b)
-        recon = F.l1_loss(to_log(gen(x_a, self._matched(a, va, a, va), s_a, s_a)), to_log(x_a))
-        cycle = F.l1_loss(to_log(gen(x_ab, self._matched(b, vb, a, va), s_b, s_a)), to_log(x_a))
+        recon = log_l1(gen(x_a, self._matched(a, va, a, va), s_a, s_a), x_a)
+        cycle = log_l1(gen(x_ab, self._matched(b, vb, a, va), s_b, s_a), x_a)
         style = F.l1_loss(gen.style(x_ab[:, centre]), s_b.detach())
         content = F.l1_loss(gen.content(to_log(x_ab)), gen.content(to_log(x_a)).detach())
         structure = 1 - mutual_information(x_a[:, centre], x_ab[:, centre])
@@ -293,21 +289,17 @@ class _StyleTrainer(Trainer):
         loss_g = (adversarial + cfg.lambda_recon * recon + cfg.lambda_cycle * cycle
                   + cfg.lambda_style * style + cfg.lambda_content * content
                   + cfg.lambda_mi * structure)
-        self.optimizers["g"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.optimizers["g"].step()
+        self.update("g", loss_g)
 
         loss_d = 0.5 * (self._adversarial(x_b[:, centre], label_b, True)
                         + self._adversarial(x_ab[:, centre].detach(), label_b, False)
                         + self._adversarial(x_a[:, centre], label_a, True))
-        self.optimizers["d"].zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.optimizers["d"].step()
+        self.update("d", loss_d)
         return {"adv": adversarial.item(), "rec": recon.item(), "cyc": cycle.item(),
                 "sty": style.item(), "d": loss_d.item()}
 
 
-class StyleMapperHarmonizer(Harmonizer):
+class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
     """A trained style mapper plus the style reference of the target scanner it maps to.
 
     ``target_style`` (style_dim,), ``target_quantiles`` (the target's normalized tissue
@@ -316,7 +308,7 @@ class StyleMapperHarmonizer(Harmonizer):
     """
 
     method: ClassVar[str] = "stylemapper"
-    weights_file: ClassVar[str] = "model.pt"
+    format_version: ClassVar[int] = 1
 
     def __init__(
         self,
@@ -330,7 +322,6 @@ class StyleMapperHarmonizer(Harmonizer):
         target_domain: ScannerDomain | None = None,
         training: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(source_domain=source_domain, target_domain=target_domain)
         style_dim = generator.style.out.out_features
         target_style = torch.as_tensor(target_style, dtype=torch.float32).detach().clone()
         if target_style.shape != (style_dim,) or not torch.isfinite(target_style).all():
@@ -340,16 +331,11 @@ class StyleMapperHarmonizer(Harmonizer):
                 or quantiles[0] <= 0 or np.any(np.diff(quantiles) < 0)):
             raise ValueError(f"target_quantiles must be {QUANTILE_LEVELS.size} positive, "
                              "non-decreasing values")
-        if not (np.isfinite(target_scale) and target_scale > 0):
-            raise ValueError(f"target_scale must be positive, got {target_scale}")
-        if not (np.isfinite(work_mm) and work_mm > 0):
-            raise ValueError(f"work_mm must be positive, got {work_mm}")
-        self.generator = generator.cpu().eval()
-        self.work_mm = float(work_mm)
+        super().__init__(generator=generator, work_mm=work_mm, target_scale=target_scale,
+                         source_domain=source_domain, target_domain=target_domain,
+                         training=training)
         self.target_style = target_style
         self.target_quantiles = quantiles
-        self.target_scale = float(target_scale)
-        self.training = dict(training or {})
 
     @classmethod
     def fit(
@@ -441,48 +427,34 @@ class StyleMapperHarmonizer(Harmonizer):
                                  log_gain=log_gain, logits=logits,
                                  target_scale=self.target_scale)
 
-    def save(self, folder: Path) -> None:
+    def _architecture(self) -> dict[str, Any]:
         gen = self.generator
-        save_weights(folder / self.weights_file, {
-            "format_version": _FORMAT_VERSION,
-            "method": self.method,
-            "architecture": {
-                "width": gen.content.stem.out_channels,
-                "blocks": len(gen.content.blocks),
-                "style_dim": gen.style.out.out_features,
-                "knots": gen.knots,
-                "work_mm": self.work_mm,
-            },
-            "generator": gen.state_dict(),
+        return {
+            "width": gen.content.stem.out_channels,
+            "blocks": len(gen.content.blocks),
+            "style_dim": gen.style.out.out_features,
+            "knots": gen.knots,
+        }
+
+    @classmethod
+    def _generator(cls, architecture: dict[str, Any]) -> StyleGenerator:
+        return StyleGenerator(int(architecture["width"]), int(architecture["blocks"]),
+                              int(architecture["style_dim"]), int(architecture["knots"]))
+
+    def _reference(self) -> dict[str, Any]:
+        return {
             "target_style": self.target_style,
             "target_quantiles": torch.from_numpy(self.target_quantiles),
             "target_scale": self.target_scale,
-            "source_domain": domain_name(self.source_domain),
-            "target_domain": domain_name(self.target_domain),
-            "training": self.training,
-        })
+        }
 
     @classmethod
-    def load(cls, folder: Path) -> Self:
-        path = folder / cls.weights_file
-        weights = load_weights(path, cls.method, _FORMAT_VERSION)
-        try:
-            arch = weights["architecture"]
-            generator = StyleGenerator(int(arch["width"]), int(arch["blocks"]),
-                                       int(arch["style_dim"]), int(arch["knots"]))
-            load_state(generator, weights["generator"], path)
-            return cls(
-                generator=generator,
-                work_mm=float(arch["work_mm"]),
-                target_style=weights["target_style"],
-                target_quantiles=np.asarray(weights["target_quantiles"]),
-                target_scale=float(weights["target_scale"]),
-                source_domain=parse_domain(weights.get("source_domain")),
-                target_domain=parse_domain(weights.get("target_domain")),
-                training=weights.get("training"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: invalid weights ({exc!r})") from exc
+    def _reference_from(cls, weights: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "target_style": weights["target_style"],
+            "target_quantiles": np.asarray(weights["target_quantiles"]),
+            "target_scale": float(weights["target_scale"]),
+        }
 
 
 def _side_name(side: Sequence[Acquisition]) -> str:

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from harmonizers.nets import TISSUE_LEVEL
+from harmonizers.acquisition import Acquisition
+from harmonizers.nets import TISSUE_LEVEL, check_acquisition, series_scale, work_volume
 
 _CHECKPOINT_VERSION = 1
 
@@ -29,6 +31,19 @@ _CHECKPOINT_VERSION = 1
 def training_device() -> torch.device:
     """The GPU when there is one, else the CPU (training completes on either)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class TrainingConfig:
+    """Mixin for a method's frozen hyperparameter dataclass.
+
+    Declares the dataclass fields so that ``asdict`` type-checks on ``self``.
+    """
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    def resumable(self) -> dict[str, Any]:
+        """Everything but ``steps``: a checkpoint may be continued to a larger budget."""
+        return {k: v for k, v in asdict(self).items() if k != "steps"}
 
 
 class Trainer(ABC):
@@ -43,10 +58,29 @@ class Trainer(ABC):
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
     rng: np.random.Generator
+    device: torch.device
+
+    def __init__(self, seed: int) -> None:
+        """Seed torch before a subclass builds its networks (their initial weights) and
+        the numpy generator that samples batches, so a run is reproducible."""
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.device = training_device()
 
     @abstractmethod
     def step(self) -> dict[str, float]:
         """One optimization step; returns the losses to show."""
+
+    def update(self, optimizer: str, loss: torch.Tensor) -> None:
+        """One gradient step of ``self.optimizers[optimizer]`` on ``loss``."""
+        self.optimizers[optimizer].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers[optimizer].step()
+
+
+def adam(parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam with the betas CycleGAN and MUNIT use for adversarial training (0.5, 0.999)."""
+    return torch.optim.Adam(parameters, lr=lr, betas=(0.5, 0.999))
 
 
 def _state(trainer: Trainer, step: int) -> dict[str, Any]:
@@ -166,3 +200,17 @@ def crop_batch(
                 break
         out[item, :, :patch.shape[1], :patch.shape[2]] = patch
     return torch.from_numpy(out).to(device)
+
+
+def prepare_volumes(
+    acquisitions: Sequence[Acquisition], work_mm: float, method: str
+) -> tuple[list[np.ndarray], list[float]]:
+    """Normalized pre-contrast volumes on the working grid, and each series' scale."""
+    volumes, scales = [], []
+    for acq in acquisitions:
+        check_acquisition(acq, work_mm, method)
+        scale = series_scale(acq.pre_contrast)
+        normalized = np.maximum(acq.pre_contrast, 0.0) / np.float32(scale)
+        volumes.append(work_volume(normalized, acq.spacing_mm[1:], work_mm))
+        scales.append(scale)
+    return volumes, scales
