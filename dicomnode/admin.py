@@ -7,13 +7,13 @@ they work whether or not the node is up.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import sys
 import time
 from collections.abc import Sequence
 
 from dicomnode.config import NodeConfig
 from dicomnode.ledger import Job, Ledger
+from dicomnode.metrics import free_disk_mb
 from dicomnode.retention import DAY_SECONDS, purge_job
 
 
@@ -94,10 +94,10 @@ def status(config: NodeConfig) -> int:
     print(f"node {config.ae_title} on {config.host}:{config.port}, var {config.var_dir}")
     destinations = ", ".join(f"{name} ({d.type})" for name, d in config.destinations.items())
     print(f"destinations: {destinations}; rules {config.rules}")
-    disk = shutil.disk_usage(config.var_dir if config.var_dir.exists() else ".")
-    low = disk.free / 2**20 < config.admission.min_free_disk_mb
+    free_mb = free_disk_mb(config.spool_dir)  # what admission control compares
+    low = free_mb < config.admission.min_free_disk_mb
     warning = " (below the admission threshold)" if low else ""
-    print(f"free disk: {disk.free / 2**30:.1f} GiB{warning}")
+    print(f"free disk: {free_mb / 1024:.1f} GiB{warning}")
     ledger = open_ledger(config)
     if ledger is None:
         return 0

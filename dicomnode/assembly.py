@@ -301,16 +301,21 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
+def dicom_files(paths: Sequence[Path]) -> list[Path]:
+    """Every DICOM file among the given files and, recursively, folders, in path order."""
+    files: list[Path] = []
+    for path in paths:
+        candidates = sorted(path.rglob("*")) if path.is_dir() else [path]
+        files.extend(p for p in candidates if p.is_file() and is_dicom_file(p))
+    return files
+
+
 def acquisitions_from_paths(paths: Sequence[Path]) -> list[Acquisition]:
     """Read every DICOM file under the given files or folders into acquisitions.
 
     For offline tools (training, audits). Instances that cannot be harmonized are skipped,
     and a group that cannot be assembled raises AssemblyError naming it.
     """
-    files: list[Path] = []
-    for path in paths:
-        candidates = sorted(path.rglob("*")) if path.is_dir() else [path]
-        files.extend(p for p in candidates if p.is_file() and is_dicom_file(p))
-    datasets = [dcmread(f) for f in files]
+    datasets = [dcmread(f) for f in dicom_files(paths)]
     usable = [ds for ds in datasets if unsupported_reason(ds) is None]
     return [assemble(group).acquisition for group in group_acquisitions(usable)]

@@ -12,23 +12,15 @@ from pathlib import Path
 
 from pydicom import Dataset
 
-from dicomnode.assembly import AssemblyError, is_dicom_file, read_header, unsupported_reason
+from dicomnode.assembly import AssemblyError, dicom_files, read_header, unsupported_reason
 from dicomnode.routing import RuleSet
 from harmonizers.domain import nominal_field_strength, normalize_manufacturer
-
-
-def _files(paths: Sequence[Path]) -> list[Path]:
-    found: list[Path] = []
-    for path in paths:
-        candidates = sorted(path.rglob("*")) if path.is_dir() else [path]
-        found.extend(p for p in candidates if p.is_file() and is_dicom_file(p))
-    return found
 
 
 def explain(rules: RuleSet, paths: Sequence[Path]) -> int:
     """Print the routing of every series under ``paths``; 1 when nothing was found."""
     series: dict[str, list[Dataset]] = defaultdict(list)
-    for path in _files(paths):
+    for path in dicom_files(paths):
         try:
             header = read_header(path)
         except AssemblyError as exc:
