@@ -56,8 +56,14 @@ def jobs_show(ledger: Ledger, job_id: int) -> int:
     senders = sorted({i.calling_ae for i in instances})
     series = sorted({i.series_uid or "?" for i in instances})
     print(f"  {len(instances)} instances from {', '.join(senders)} in series {', '.join(series)}")
+    report = ledger.report(job.id)
+    if report:
+        detail = report.verdict if report.state == "written" else report.error
+        print(f"  quality report: {report.state}{': ' + detail if detail else ''}"
+              f"{'  ' + report.path if report.path else ''}")
     for delivery in ledger.deliveries(job.id):
-        print(f"  delivery {delivery.destination}: {delivery.state}, {delivery.attempts} attempts"
+        print(f"  delivery {delivery.destination} ({delivery.kind}): {delivery.state}, "
+              f"{delivery.attempts} attempts"
               f"{', last error: ' + delivery.last_error if delivery.last_error else ''}")
     for at, state, message in ledger.events(job.id):
         print(f"  {_when(at)}  {state:<12} {message}")
@@ -68,6 +74,11 @@ def jobs_retry(ledger: Ledger, job_id: int) -> int:
     job = _find(ledger, job_id)
     if job is None:
         return 2
+    report = ledger.report(job.id)
+    if job.state not in ("quarantined", "failed") and report and report.state == "failed":
+        ledger.request_report(job.id, report.destinations.split(","))
+        print(f"job {job.id}: its quality report will be made again")
+        return 0
     try:
         ledger.retry(job.id)
     except ValueError as exc:
@@ -107,6 +118,9 @@ def status(config: NodeConfig) -> int:
     print(f"jobs: {jobs or 'none'}")
     print(f"waiting: {counts['unclaimed_instances']} instances not yet in a job, "
           f"{counts['pending_deliveries']} deliveries pending")
+    if any(counts[f"reports_{s}"] for s in ("pending", "written", "failed")):
+        print(f"quality reports: {counts['reports_written']} written, "
+              f"{counts['reports_pending']} pending, {counts['reports_failed']} failed")
     last = ledger.last_received()
     print(f"last instance received: {_when(last) if last else 'never'}")
     ledger.close()

@@ -7,6 +7,7 @@ folder as the only destination. Sites add a DICOM destination (AE title, host, p
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -106,6 +107,29 @@ class Metrics(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 9464
 
 
+class Evaluation(_Strict):
+    """The quality-report sidecar of rules with ``evaluate: true`` (evaluation/sidecar.py)."""
+
+    # The reference domain's intensity and feature statistics; None takes the shipped
+    # evaluation/reference/siemens-3t.json.
+    reference: Path | None = None
+    # Pass/warn limits by name (evaluation.sidecar.Thresholds); unnamed ones keep defaults.
+    thresholds: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_thresholds(self) -> Evaluation:
+        if not self.thresholds:
+            return self
+        from evaluation.sidecar import Thresholds
+
+        known = {f.name for f in dataclasses.fields(Thresholds)}
+        unknown = sorted(set(self.thresholds) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown thresholds {unknown}; known: {', '.join(sorted(known))}")
+        return self
+
+
 def _default_folder() -> DicomDestination | FolderDestination:
     return FolderDestination(type="folder", path=Path("var/out"))
 
@@ -131,6 +155,7 @@ class NodeConfig(_Strict):
     security: Security = Field(default_factory=Security)
     admission: Admission = Field(default_factory=Admission)
     metrics: Metrics = Field(default_factory=Metrics)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
 
     @model_validator(mode="after")
     def _destinations_exist(self) -> NodeConfig:

@@ -9,6 +9,11 @@ A job's life: ``complete`` (its instances settled) -> ``routed`` -> ``harmonized
 broke or a delivery ran out of retries). Instances belong to no job until their study
 settles, so an instance that arrives after its study's job was made starts a new job, a new
 version of the old one (``supersedes``), rather than being dropped.
+
+A harmonize rule with ``evaluate: true`` also gives its job a quality report: ``pending`` ->
+``written`` (the DICOM-SR file is in the job's folder) or ``failed`` (reason stated). The
+report has deliveries of its own (``kind = 'report'``), so it never holds up the images: the
+job is ``delivered`` when its images are.
 """
 
 from __future__ import annotations
@@ -27,7 +32,22 @@ JOB_STATES = (
 ACTIVE_STATES = ("complete", "routed", "harmonized")
 TERMINAL_STATES = ("delivered", "quarantined", "discarded", "failed")
 
-_SCHEMA = """
+_DELIVERIES_TABLE = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    destination TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'images',
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    updated_at REAL NOT NULL,
+    UNIQUE (job_id, destination, kind)
+);
+"""
+
+_SCHEMA = _DELIVERIES_TABLE + """
 CREATE TABLE IF NOT EXISTS instances (
     id INTEGER PRIMARY KEY,
     path TEXT NOT NULL UNIQUE,
@@ -58,16 +78,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    job_id INTEGER NOT NULL REFERENCES jobs(id),
-    destination TEXT NOT NULL,
+
+CREATE TABLE IF NOT EXISTS reports (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
+    destinations TEXT NOT NULL,
     state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_error TEXT,
-    updated_at REAL NOT NULL,
-    UNIQUE (job_id, destination)
+    verdict TEXT,
+    path TEXT,
+    error TEXT,
+    updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -121,10 +140,24 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Report:
+    """A job's quality report (DICOM-SR): ``pending``, ``written`` or ``failed``."""
+
+    job_id: int
+    destinations: str  # comma-separated names, the rule's when the report was asked for
+    state: str
+    verdict: str | None
+    path: str | None
+    error: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
 class Delivery:
     id: int
     job_id: int
     destination: str
+    kind: str  # 'images' or 'report'
     state: str
     attempts: int
     next_attempt_at: float
@@ -147,6 +180,7 @@ class Ledger:
         # intake.recover_spool rebuilds missing rows at start; every later step is idempotent.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=10000")
+        self._rebuild_old_deliveries()
         self._db.executescript(_SCHEMA)
         self._add_missing_columns()
 
@@ -156,6 +190,25 @@ class Ledger:
             present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in present:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    def _rebuild_old_deliveries(self) -> None:
+        """Give a deliveries table from before quality reports its ``kind`` column.
+
+        Its uniqueness constraint changes too, which SQLite can only do by copying the table.
+        """
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
+        if not columns or "kind" in columns:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("ALTER TABLE deliveries RENAME TO deliveries_before_reports")
+        self._db.execute(_DELIVERIES_TABLE)
+        self._db.execute(
+            "INSERT INTO deliveries (id, job_id, destination, state, attempts, next_attempt_at,"
+            " last_error, updated_at) SELECT id, job_id, destination, state, attempts,"
+            " next_attempt_at, last_error, updated_at FROM deliveries_before_reports"
+        )
+        self._db.execute("DROP TABLE deliveries_before_reports")
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -364,7 +417,64 @@ class Ledger:
                 "SELECT COUNT(*) FROM instances WHERE job_id IS NULL").fetchone()[0]
             counts["pending_deliveries"] = self._db.execute(
                 "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetchone()[0]
+            for state in ("pending", "written", "failed"):
+                counts[f"reports_{state}"] = 0
+            for state, n in self._db.execute("SELECT state, COUNT(*) FROM reports GROUP BY state"):
+                counts[f"reports_{state}"] = n
         return counts
+
+    # --- quality reports -----------------------------------------------------------------
+
+    def request_report(self, job_id: int, destinations: Sequence[str]) -> None:
+        """Ask for a (new) quality report of a job; an earlier one and its sends are reset."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("DELETE FROM deliveries WHERE job_id = ? AND kind = 'report'", (job_id,))
+            db.execute(
+                "INSERT OR REPLACE INTO reports (job_id, destinations, state, updated_at)"
+                " VALUES (?, ?, 'pending', ?)", (job_id, ",".join(destinations), now),
+            )
+
+    def report(self, job_id: int) -> Report | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM reports WHERE job_id = ?", (job_id,)).fetchone()
+        return Report(**dict(row)) if row else None
+
+    def pending_reports(self) -> list[Report]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM reports WHERE state = 'pending' ORDER BY job_id").fetchall()
+        return [Report(**dict(row)) for row in rows]
+
+    def report_written(self, job_id: int, path: str, verdict: str) -> None:
+        """The report file is on disk: record its verdict and queue its deliveries."""
+        now = time.time()
+        report = self.report(job_id)
+        destinations = report.destinations.split(",") if report and report.destinations else []
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE reports SET state = 'written', verdict = ?, path = ?, error = NULL,"
+                " updated_at = ? WHERE job_id = ?", (verdict, path, now, job_id),
+            )
+            _insert_deliveries(db, job_id, destinations, "report", now)
+            db.execute(
+                "INSERT INTO events (job_id, at, state, message)"
+                " SELECT id, ?, state, ? FROM jobs WHERE id = ?",
+                (now, f"quality report written: {verdict}", job_id),
+            )
+
+    def report_failed(self, job_id: int, error: str) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE reports SET state = 'failed', error = ?, updated_at = ? WHERE job_id = ?",
+                (error, now, job_id),
+            )
+            db.execute(
+                "INSERT INTO events (job_id, at, state, message)"
+                " SELECT id, ?, state, ? FROM jobs WHERE id = ?",
+                (now, f"quality report failed: {error}", job_id),
+            )
 
     def retry(self, job_id: int) -> None:
         """Send a quarantined or failed job through the pipeline again, from routing."""
@@ -375,31 +485,35 @@ class Ledger:
             raise ValueError(f"job {job_id} is {job.state}; only quarantined or failed jobs retry")
         with self._transaction() as db:
             db.execute("DELETE FROM deliveries WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM reports WHERE job_id = ?", (job_id,))
         self.update_job(job_id, "complete", "retry requested by an admin", reason=None)
 
     # --- deliveries ----------------------------------------------------------------------
 
-    def add_deliveries(self, job_id: int, destinations: Sequence[str]) -> None:
+    def add_deliveries(self, job_id: int, destinations: Sequence[str],
+                       kind: str = "images") -> None:
         now = time.time()
         with self._transaction() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO deliveries (job_id, destination, state, next_attempt_at,"
-                " updated_at) VALUES (?, ?, 'pending', ?, ?)",
-                [(job_id, d, now, now) for d in destinations],
-            )
+            _insert_deliveries(db, job_id, destinations, kind, now)
 
-    def deliveries(self, job_id: int) -> list[Delivery]:
+    def deliveries(self, job_id: int, kind: str | None = None) -> list[Delivery]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", (job_id,)
+                "SELECT * FROM deliveries WHERE job_id = ? AND kind = IFNULL(?, kind)"
+                " ORDER BY id", (job_id, kind),
             ).fetchall()
         return [Delivery(**dict(row)) for row in rows]
 
     def due_deliveries(self, now: float | None = None) -> list[Delivery]:
+        """Pending deliveries whose time has come: images of harmonized jobs, and written
+        reports (whatever their job's state: the images may be delivered already)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT d.* FROM deliveries d JOIN jobs j ON j.id = d.job_id"
-                " WHERE d.state = 'pending' AND j.state = 'harmonized' AND d.next_attempt_at <= ?"
+                " LEFT JOIN reports r ON r.job_id = d.job_id"
+                " WHERE d.state = 'pending' AND d.next_attempt_at <= ? AND ("
+                "   (d.kind = 'images' AND j.state = 'harmonized')"
+                "   OR (d.kind = 'report' AND r.state = 'written'))"
                 " ORDER BY d.id",
                 (now if now is not None else time.time(),),
             ).fetchall()
@@ -414,3 +528,12 @@ class Ledger:
                 " next_attempt_at = ?, updated_at = ? WHERE id = ?",
                 (state, error, next_attempt_at, time.time(), delivery_id),
             )
+
+
+def _insert_deliveries(db: sqlite3.Connection, job_id: int, destinations: Sequence[str],
+                       kind: str, now: float) -> None:
+    db.executemany(
+        "INSERT OR IGNORE INTO deliveries (job_id, destination, kind, state, next_attempt_at,"
+        " updated_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+        [(job_id, d, kind, now, now) for d in destinations],
+    )

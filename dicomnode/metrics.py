@@ -63,6 +63,11 @@ class _LedgerCollector(Collector):
             value=counts["unclaimed_instances"] + sum(counts[s] for s in ACTIVE_STATES)
             + counts["pending_deliveries"],
         )
+        reports = GaugeMetricFamily("dicomnode_quality_reports",
+                                    "Quality reports (DICOM-SR) by state.", labels=["state"])
+        for state in ("pending", "written", "failed"):
+            reports.add_metric([state], counts[f"reports_{state}"])
+        yield reports
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -13,6 +13,7 @@ from dicomnode.logs import get_logger
 from dicomnode.metrics import NodeMetrics
 from dicomnode.network import start_server
 from dicomnode.pipeline import Pipeline
+from dicomnode.quality_reports import Evaluator
 from dicomnode.routing import RuleSet
 from dicomnode.spool import Spool
 from harmonizers.base import ModelError
@@ -74,6 +75,11 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> None:
 
     server = start_server(config, Spool(config.spool_dir), ledger, metrics)
     metrics.start(server.is_serving)
+    # Quality reports are made beside the pipeline, so they never delay the images.
+    evaluator = Evaluator(config, ledger)
+    evaluating = threading.Thread(target=evaluator.serve, args=(stop,), name="evaluator",
+                                  daemon=True)
+    evaluating.start()
     log.info(
         "node_started", ae_title=config.ae_title, host=config.host, port=config.port,
         rules=str(config.rules), var_dir=str(config.var_dir),
@@ -90,6 +96,8 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> None:
     finally:
         metrics.stop()
         server.shutdown()
+        evaluating.join(timeout=5)
+        evaluator.close()
         pipeline.close()
         ledger.close()
         log.info("node_stopped")

@@ -139,6 +139,8 @@ class Pipeline:
             return
         destinations = rule.destinations or self.config.default_destinations
         self.ledger.add_deliveries(job.id, destinations)
+        if harmonize and rule.evaluate:
+            self.ledger.request_report(job.id, destinations)
         message = f"output in {output_dir}" if output_dir else "passthrough: source files as sent"
         self.ledger.update_job(
             job.id, "harmonized", message, output_dir=str(output_dir) if output_dir else None
@@ -196,12 +198,9 @@ class Pipeline:
         for delivery in self.ledger.due_deliveries(now):
             job = self.ledger.job(delivery.job_id)
             assert job is not None
-            log = get_logger(job_id=job.id, destination=delivery.destination)
-            files = (
-                sorted(Path(job.output_dir).glob("*.dcm"))
-                if job.output_dir
-                else [Path(i.path) for i in self.ledger.instances(job.id)]
-            )
+            log = get_logger(job_id=job.id, destination=delivery.destination,
+                             kind=delivery.kind)
+            files = self._files(job, delivery.kind)
             destination = self.config.destinations[delivery.destination]
             try:
                 self.outbox.send(delivery.destination, destination, files, f"job-{job.id:08d}")
@@ -218,10 +217,20 @@ class Pipeline:
             else:
                 self.ledger.record_attempt(delivery.id, "delivered", None, now)
                 log.info("delivery_done", instances=len(files))
-            self._finish_if_done(job.id)
+            if delivery.kind == "images":
+                self._finish_if_done(job.id)
+
+    def _files(self, job: Job, kind: str) -> list[Path]:
+        if kind == "report":
+            report = self.ledger.report(job.id)
+            return [Path(report.path)] if report and report.path else []
+        if job.output_dir:
+            return sorted(Path(job.output_dir).glob("*.dcm"))
+        return [Path(i.path) for i in self.ledger.instances(job.id)]
 
     def _finish_if_done(self, job_id: int) -> None:
-        deliveries = self.ledger.deliveries(job_id)
+        """The job's state follows its images; a report's sends do not hold it up."""
+        deliveries = self.ledger.deliveries(job_id, kind="images")
         states = {d.state for d in deliveries}
         if states == {"delivered"}:
             names = ", ".join(d.destination for d in deliveries)

@@ -143,13 +143,25 @@ def _ds_number(value: float) -> str:
 
 def _add_private_block(ds: Dataset, provenance: Provenance) -> None:
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
-    block.add_new(0x01, "LO", provenance.method)
-    block.add_new(0x02, "LO", provenance.model[:64])
-    block.add_new(0x03, "LO", provenance.model_sha256)
-    block.add_new(0x04, "LO", provenance.rule[:64])
-    block.add_new(0x05, "LO", provenance.config_hash)
-    block.add_new(0x06, "LO", provenance.source_domain)
-    block.add_new(0x07, "LO", provenance.target_domain)
+    for offset, name in enumerate(_PRIVATE_FIELDS, start=1):
+        block.add_new(offset, "LO", str(getattr(provenance, name))[:64])
+
+
+_PRIVATE_FIELDS = ("method", "model", "model_sha256", "rule", "config_hash", "source_domain",
+                   "target_domain")
+
+
+def read_provenance(ds: Dataset) -> Provenance | None:
+    """The provenance a derived instance carries in its private block; None if it has none."""
+    try:
+        block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+    except KeyError:
+        return None
+    values = {}
+    for offset, name in enumerate(_PRIVATE_FIELDS, start=1):
+        tag = block.get_tag(offset)
+        values[name] = str(ds[tag].value) if tag in ds else ""
+    return Provenance(**values)
 
 
 def derived_series(

@@ -1,4 +1,5 @@
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,43 @@ def test_spool_names_are_never_taken_from_the_sender(tmp_path: Path) -> None:
     assert first != second
     assert first.parent.parent == tmp_path
     assert first.suffix == ".dcm" and len(first.stem) == 32
+
+
+def test_a_ledger_from_before_quality_reports_keeps_its_deliveries(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE deliveries (id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL,"
+        " destination TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+        " next_attempt_at REAL NOT NULL, last_error TEXT, updated_at REAL NOT NULL,"
+        " UNIQUE (job_id, destination));"
+        "INSERT INTO deliveries VALUES (7, 1, 'pacs', 'failed', 5, 0, 'refused', 0);"
+    )
+    old.commit()
+    old.close()
+    ledger = Ledger(path)
+    (delivery,) = ledger.deliveries(1)
+    assert (delivery.id, delivery.kind, delivery.state, delivery.last_error) == (
+        7, "images", "failed", "refused")
+    # The new uniqueness lets the same destination get the job's report too.
+    ledger.add_deliveries(1, ["pacs"], kind="report")
+    assert [d.kind for d in ledger.deliveries(1)] == ["images", "report"]
+
+
+def test_a_report_is_delivered_apart_from_the_images(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    job = ledger.create_job("1.1", [_add(ledger, "1.1")])
+    ledger.update_job(job, "harmonized", "done", output_dir="/out")
+    ledger.add_deliveries(job, ["pacs"])
+    ledger.request_report(job, ["pacs", "local"])
+    assert [d.kind for d in ledger.due_deliveries()] == ["images"]  # report not written yet
+    ledger.report_written(job, "/out/report.dcm", "pass")
+    due = ledger.due_deliveries()
+    assert sorted((d.kind, d.destination) for d in due) == [
+        ("images", "pacs"), ("report", "local"), ("report", "pacs")]
+    ledger.update_job(job, "delivered", "images sent")
+    assert {d.kind for d in ledger.due_deliveries()} == {"report"}
+    assert ledger.counts()["reports_written"] == 1
+    ledger.request_report(job, ["pacs"])  # a retry resets the report and its sends
+    assert ledger.report(job).state == "pending"  # type: ignore[union-attr]
+    assert ledger.deliveries(job, kind="report") == []
