@@ -199,14 +199,9 @@ def load(path: Path | None = None) -> DomainReference:
     return reference
 
 
-@dataclass(frozen=True)
-class _Series:
-    domain: str
-    quantiles: np.ndarray | None  # breast pre-contrast quantiles, reference domain only
-    features: dict[str, float]
-
-
-def _measure(seed: int, domain: str, matrix: int, slices: int) -> _Series:
+def _measure(seed: int, domain: str, matrix: int, slices: int
+             ) -> tuple[dict[str, float], np.ndarray]:
+    """One held-out series' features and its breast pre-contrast quantiles."""
     from evaluation.features import series_features
     from evaluation.masks import breast_mask, fgt_mask
     from evaluation.virtual_scanner.profiles import load_profile
@@ -217,47 +212,62 @@ def _measure(seed: int, domain: str, matrix: int, slices: int) -> _Series:
     breast = breast_mask(pre, acquisition.spacing_mm)
     fgt = fgt_mask(pre, breast)
     features = series_features(acquisition.pixels, acquisition.spacing_mm, breast, fgt)
-    q = quantiles(pre[breast]) if domain == REFERENCE_DOMAIN else None
-    return _Series(domain, q, features)
+    return features, quantiles(pre[breast])
 
 
-def fit(series: Sequence[_Series], provenance: dict[str, Any]) -> DomainReference:
-    """Fit the classifier and pool the reference quantiles; adds the CV accuracy."""
+def fit(features: Sequence[Mapping[str, float]], domains: Sequence[str],
+        reference_quantiles: Sequence[np.ndarray], provenance: dict[str, Any],
+        reference_domain: str = REFERENCE_DOMAIN) -> DomainReference:
+    """Fit the scanner classifier on series' ``features`` labelled with their ``domains``.
+
+    ``reference_quantiles`` are the reference domain's series' quantile functions; their mean
+    is stored. Features missing from a series, constant, or not finite are left out. The
+    provenance gains the cross-validated accuracy (stratified k-fold, k <= 5).
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    names = sorted(set.intersection(*(set(s.features) for s in series)))
-    x = np.asarray([[s.features[n] for n in names] for s in series], dtype=np.float64)
-    y = np.asarray([s.domain for s in series])
+    if not features or len(features) != len(domains) or not reference_quantiles:
+        raise MetricError("fitting needs features and a domain per series, and reference "
+                          "quantiles")
+    names = sorted(set.intersection(*(set(f) for f in features)))
+    x = np.asarray([[f[n] for n in names] for f in features], dtype=np.float64)
+    y = np.asarray(domains)
     # A constant or non-finite feature carries no domain information and breaks scaling.
     keep = np.all(np.isfinite(x), axis=0) & (x.std(axis=0) > 0)
     names = [n for n, k in zip(names, keep, strict=True) if k]
     x = x[:, keep]
     counts = np.unique(y, return_counts=True)[1]
     folds = min(_CV_FOLDS, int(counts.min()))
-    if folds < 2:
-        raise MetricError("fitting the classifier needs >= 2 patients per domain")
+    if folds < 2 or len(counts) < 2:
+        raise MetricError("fitting the classifier needs two domains, each with >= 2 series")
     model = make_pipeline(StandardScaler(),
                           LogisticRegression(C=_REGULARIZATION_C, max_iter=5000))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
     accuracy = cross_val_score(model, x, y, cv=cv, scoring="accuracy")
     model.fit(x, y)
     scaler, classifier = model[0], model[1]
-    reference_q = [s.quantiles for s in series if s.quantiles is not None]
+    classes = tuple(str(c) for c in classifier.classes_)
+    coef = np.asarray(classifier.coef_, dtype=np.float64)
+    intercept = np.asarray(classifier.intercept_, dtype=np.float64)
+    if len(classes) == 2:
+        # scikit-learn keeps one logit row for two classes; the softmax needs both.
+        coef = np.vstack([-coef / 2, coef / 2])
+        intercept = np.concatenate([-intercept / 2, intercept / 2])
     return DomainReference(
-        domain=REFERENCE_DOMAIN,
-        quantiles=np.mean(reference_q, axis=0),
+        domain=reference_domain,
+        quantiles=np.mean(np.asarray(reference_quantiles, dtype=np.float64), axis=0),
         feature_names=tuple(names),
         feature_mean=np.asarray(scaler.mean_, dtype=np.float64),
         feature_std=np.asarray(scaler.scale_, dtype=np.float64),
-        classes=tuple(str(c) for c in classifier.classes_),
-        coef=np.asarray(classifier.coef_, dtype=np.float64),
-        intercept=np.asarray(classifier.intercept_, dtype=np.float64),
+        classes=classes,
+        coef=coef,
+        intercept=intercept,
         provenance={**provenance, "cv_accuracy": float(accuracy.mean()),
                     "cv_accuracy_folds": [float(a) for a in accuracy], "cv_folds": folds,
-                    "series": len(series), "features": len(names)},
+                    "series": len(features), "features": len(names)},
     )
 
 
@@ -266,10 +276,14 @@ def build(patients: int, matrix: int, slices: int, command: str) -> DomainRefere
     from evaluation.features import FEATURE_SET_VERSION
 
     seeds = list(range(FIRST_SEED, FIRST_SEED + patients))
-    series = []
+    features, domains, reference_quantiles = [], [], []
     for seed in seeds:
         for domain in DOMAINS:
-            series.append(_measure(seed, domain, matrix, slices))
+            values, q = _measure(seed, domain, matrix, slices)
+            features.append(values)
+            domains.append(domain)
+            if domain == REFERENCE_DOMAIN:
+                reference_quantiles.append(q)
     provenance = {
         "command": command,
         "seeds": [seeds[0], seeds[-1]],
@@ -280,14 +294,14 @@ def build(patients: int, matrix: int, slices: int, command: str) -> DomainRefere
         "feature_set_version": FEATURE_SET_VERSION,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    return fit(series, provenance)
+    return fit(features, domains, reference_quantiles, provenance)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m evaluation.domain_reference", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=default_reference_path())
-    parser.add_argument("--patients", type=int, default=20,
+    parser.add_argument("--patients", type=int, default=40,
                         help="held-out patients per domain (seeds 5000 on)")
     parser.add_argument("--matrix", type=int, default=128)
     parser.add_argument("--slices", type=int, default=32)

@@ -107,7 +107,7 @@ class Identifiability:
     tpr: np.ndarray
 
 
-def identifiability(features: np.ndarray, labels: Sequence[str], folds: int = 5,
+def identifiability(features: np.ndarray, labels: Sequence[str] | np.ndarray, folds: int = 5,
                     seed: int = 0) -> Identifiability:
     """Cross-validated scanner identifiability from radiomic features.
 

@@ -27,8 +27,6 @@ from typing import Literal
 import numpy as np
 
 from evaluation.domain_reference import DomainReference
-from evaluation.features import series_features
-from evaluation.masks import breast_mask, fgt_mask
 from evaluation.metrics import (
     MetricError,
     curve_type,
@@ -279,6 +277,11 @@ def assess(original: Acquisition, harmonized: Acquisition, reference: DomainRefe
     :class:`~evaluation.metrics.MetricError` when a measure cannot be taken (one phase only,
     an empty region, an unknown scanner); the images are not touched either way.
     """
+    # Imported here: the node's config validation imports this module for Thresholds alone,
+    # and should not load pyradiomics to do so.
+    from evaluation.features import series_features
+    from evaluation.masks import breast_mask, fgt_mask
+
     if original.pixels.shape != harmonized.pixels.shape:
         raise MetricError(
             f"original {original.pixels.shape} and harmonized {harmonized.pixels.shape} differ"

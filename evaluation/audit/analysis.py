@@ -188,7 +188,7 @@ def _group_summary(table: Table, rows: np.ndarray, ref_quantiles: np.ndarray) ->
         "intensity_distance_to_reference": float(np.mean(distances)) if distances else None,
         "curve_types": dict(Counter(str(r["curve_type"]) for r in records)),
         "peak_enhancement_pct_mean": float(np.mean(
-            [max(r["fgt_pe"] or r["breast_pe"]) for r in records])),
+            [max(r["fgt_pe"]) for r in records])),
     }
 
 

@@ -29,20 +29,9 @@ from dicomnode.assembly import (
     scanner_domain,
     unsupported_reason,
 )
-from dicomnode.provenance import PRIVATE_CREATOR, PRIVATE_GROUP
+from dicomnode.provenance import Provenance, read_provenance
 
 HARMONIZED_PREFIX = "harmonized: "
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """What the node's private block says about a harmonized series."""
-
-    method: str
-    model: str
-    model_sha256: str
-    source_domain: str
-    target_domain: str
 
 
 @dataclass
@@ -106,18 +95,8 @@ def domain_label(ds: Dataset) -> tuple[str, str]:
 
 def provenance_of(ds: Dataset) -> Provenance | None:
     """The node's provenance block, or None for an original series."""
-    try:
-        block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
-    except KeyError:
-        return None
-
-    def value(element: int) -> str:
-        return str(block[element].value) if element in block else ""
-
-    method = value(0x01)
-    if not method:  # the block without a method is not the node's output
-        return None
-    return Provenance(method, value(0x02), value(0x03), value(0x06), value(0x07))
+    prov = read_provenance(ds)
+    return prov if prov is not None and prov.method else None
 
 
 def _split_key(ds: Dataset) -> tuple[str, ...]:

@@ -53,17 +53,16 @@ def _measure(files: Sequence[str]) -> dict[str, Any]:
     fgt = fgt_mask(pre, breast)
     features = series_features(pixels, spacing, breast, fgt)
     breast_curve = roi_curve(pixels, breast)
-    fgt_curve = roi_curve(pixels, fgt) if fgt.any() else None
-    kinetic = fgt_curve if fgt_curve is not None else breast_curve
+    fgt_curve = roi_curve(pixels, fgt)  # series_features has checked the FGT is not empty
     return {
         "features": {name: float(value) for name, value in features.items()},
         "quantiles": quantiles(pre[breast], HISTOGRAM_QUANTILES).tolist(),
         "phase_times_s": [float(t) for t in acquisition.phase_times_s],
         "breast_curve": breast_curve.tolist(),
         "breast_pe": percent_enhancement(breast_curve).tolist(),
-        "fgt_curve": None if fgt_curve is None else fgt_curve.tolist(),
-        "fgt_pe": None if fgt_curve is None else percent_enhancement(fgt_curve).tolist(),
-        "curve_type": curve_type(kinetic) if len(kinetic) >= 3 else None,
+        "fgt_curve": fgt_curve.tolist(),
+        "fgt_pe": percent_enhancement(fgt_curve).tolist(),
+        "curve_type": curve_type(fgt_curve) if len(fgt_curve) >= 3 else None,
         "fgt_density": fgt_density(pre, breast),
         "breast_voxels": int(breast.sum()),
         "fgt_voxels": int(np.count_nonzero(fgt)),
