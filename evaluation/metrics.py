@@ -195,20 +195,28 @@ def gradient_similarity(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float
     return float(np.corrcoef(ga, gb)[0, 1])
 
 
-def fgt_density(pre_contrast: np.ndarray, breast: np.ndarray) -> float:
-    """Percent of breast voxels above a two-class Otsu threshold of the pre-contrast.
+def fgt_threshold(pre_contrast: np.ndarray, breast: np.ndarray) -> float:
+    """Two-class Otsu threshold between fat and FGT in the breast's pre-contrast.
 
-    With fat suppression FGT is the bright class (every profile here suppresses fat); Otsu
-    is scale-free, so the figure does not depend on the image's units.
+    The histogram spans the breast's 0.1-99.9th percentiles, so a few hot voxels do not
+    squeeze it; scale-free, so it means the same in any scanner's units.
     """
     values = pre_contrast[breast].astype(np.float64)
     if values.size < 2:
         raise MetricError("the breast region is empty")
     low, high = np.percentile(values, _OTSU_BINS_RANGE)
     if high <= low:
-        raise MetricError("the breast is uniform: no FGT density")
-    threshold = _otsu(values, float(low), float(high))
-    return float(100.0 * np.mean(values > threshold))
+        raise MetricError("the breast is uniform: no fat/FGT contrast")
+    return _otsu(values, float(low), float(high))
+
+
+def fgt_density(pre_contrast: np.ndarray, breast: np.ndarray) -> float:
+    """Percent of breast voxels above :func:`fgt_threshold` in the pre-contrast.
+
+    With fat suppression FGT is the bright class (every profile here suppresses fat).
+    """
+    threshold = fgt_threshold(pre_contrast, breast)
+    return float(100.0 * np.mean(pre_contrast[breast] > threshold))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
