@@ -1,4 +1,8 @@
-"""``dicomnode-eval``: evaluation tools. ``simulate`` writes a synthetic breast DCE-MRI cohort."""
+"""``dicomnode-eval``: evaluation tools.
+
+``simulate`` writes a synthetic breast DCE-MRI cohort; ``audit`` judges a DICOM archive (a
+folder or a PACS) by what harmonization did for radiomics and kinetics.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from evaluation.audit import command as audit_command
 from evaluation.virtual_scanner.cohort import simulate_cohort
 from evaluation.virtual_scanner.profiles import ProfileError, available_profiles, profiles_dir
 
@@ -50,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dicomnode-eval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_simulate(sub)
+    audit_command.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "audit":
+        return audit_command.run(args)
     if args.command == "simulate":
         try:
             summary = simulate_cohort(

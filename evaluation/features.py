@@ -25,8 +25,8 @@ import SimpleITK as sitk
 
 from evaluation.metrics import MetricError
 
-# Bump whenever the settings, classes or naming below change: cached feature tables and
-# fitted domain references are keyed by it.
+# Bump whenever the settings, classes or naming below change, or evaluation/masks.py finds
+# different regions: cached feature tables and fitted domain references are keyed by it.
 FEATURE_SET_VERSION = "1"
 
 _BIN_COUNT = 32

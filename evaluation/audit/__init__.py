@@ -1,4 +1,4 @@
-"""``dicomnode-eval audit``: how far apart are an archive's scanners, before and after harmonization.
+"""``dicomnode-eval audit``: how far apart an archive's scanners are, before and after harmonizing.
 
 Reads a folder of DICOM (or a PACS), groups the breast DCE acquisitions by scanner domain and
 by original versus harmonized (the provenance the node writes, dicomnode/provenance.py),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom import Dataset
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -35,6 +36,9 @@ from evaluation.audit.errors import AuditError
 if TYPE_CHECKING:
     from pynetdicom.association import Association
 
+# Study Root Query/Retrieve Information Model - FIND and - GET (PS3.4 C.6.2.1).
+STUDY_ROOT_FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")
+STUDY_ROOT_GET = UID("1.2.840.10008.5.1.4.1.2.2.3")
 # What an audit reads (dicomnode.assembly); nothing else is asked for.
 STORAGE_CLASSES = (MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE)
 # Uncompressed first, then the lossless compressions archives keep (pydicom decodes them with
@@ -97,12 +101,13 @@ def retrieve_from_pacs(pacs: PacsAddress, calling_ae: str, dest: Path,
     query, or does not deliver every instance of a series.
     """
     from pynetdicom import AE, build_role, evt
-    from pynetdicom.sop_class import (
-        StudyRootQueryRetrieveInformationModelFind,
-        StudyRootQueryRetrieveInformationModelGet,
-    )
 
     received = 0
+    connected = False
+
+    def on_open(event: Any) -> None:
+        nonlocal connected
+        connected = True
 
     def on_store(event: Any) -> int:
         nonlocal received
@@ -118,28 +123,30 @@ def retrieve_from_pacs(pacs: PacsAddress, calling_ae: str, dest: Path,
 
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = _TIMEOUT_S
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(STUDY_ROOT_FIND)
+    ae.add_requested_context(STUDY_ROOT_GET)
     for sop_class in STORAGE_CLASSES:
         ae.add_requested_context(sop_class, list(TRANSFER_SYNTAXES))
     roles = [build_role(sop_class, scp_role=True) for sop_class in STORAGE_CLASSES]
     dest.mkdir(parents=True, exist_ok=True)
     assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title, ext_neg=list(roles),
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+                         evt_handlers=[(evt.EVT_C_STORE, on_store),
+                                       (evt.EVT_CONN_OPEN, on_open)])
     if not assoc.is_established:
-        raise AuditError(_refusal(pacs, calling_ae, assoc))
+        raise AuditError(_refusal(pacs, calling_ae, assoc, connected))
     try:
+        # Each C-FIND runs to its final response before the next starts: one association
+        # carries one operation at a time unless asynchronous operations were negotiated.
+        studies = list(_find(assoc, pacs, _query("STUDY")))
         series = [
-            s for study in _find(assoc, pacs, StudyRootQueryRetrieveInformationModelFind,
-                                 _query("STUDY"))
-            for s in _find(assoc, pacs, StudyRootQueryRetrieveInformationModelFind,
-                           _query("SERIES", study.StudyInstanceUID))
+            s for study in studies
+            for s in list(_find(assoc, pacs, _query("SERIES", study.StudyInstanceUID)))
             if str(s.get("Modality", "")) == "MR"
         ]
         if not series:
             raise AuditError(f"PACS {pacs} holds no MR series: nothing to audit")
         for item in tqdm(series, desc="C-GET", unit="series", disable=not progress):
-            _get(assoc, pacs, StudyRootQueryRetrieveInformationModelGet, item)
+            _get(assoc, pacs, item)
     finally:
         if assoc.is_established:
             assoc.release()
@@ -151,7 +158,7 @@ def _safe(uid: str) -> str:
     return re.sub(r"[^0-9A-Za-z.]", "_", uid) or "unknown"
 
 
-def _refusal(pacs: PacsAddress, calling_ae: str, assoc: Association) -> str:
+def _refusal(pacs: PacsAddress, calling_ae: str, assoc: Association, connected: bool) -> str:
     from pynetdicom.pdu_primitives import A_ASSOCIATE
 
     answer = assoc.acceptor.primitive
@@ -160,10 +167,11 @@ def _refusal(pacs: PacsAddress, calling_ae: str, assoc: Association) -> str:
         reason = _REJECT_REASONS.get((source, diagnostic), f"diagnostic {diagnostic}")
         return (f"PACS {pacs} rejected the association from {calling_ae} "
                 f"(result {answer.result}, source {source}: {reason})")
-    if assoc.is_aborted:
-        return f"PACS {pacs} aborted the association from {calling_ae}"
-    return (f"could not reach PACS {pacs}: no association (connection refused, unreachable "
-            f"or timed out after {_TIMEOUT_S:.0f} s)")
+    if connected:
+        return (f"PACS {pacs} accepted the connection but aborted or did not answer the "
+                f"association request from {calling_ae}")
+    return (f"could not connect to PACS {pacs} (connection refused, host unreachable, or no "
+            f"answer within {_TIMEOUT_S:.0f} s)")
 
 
 def _query(level: str, study_uid: str = "") -> Dataset:
@@ -177,9 +185,8 @@ def _query(level: str, study_uid: str = "") -> Dataset:
     return ds
 
 
-def _find(assoc: Association, pacs: PacsAddress, model: object,
-          query: Dataset) -> Iterator[Dataset]:
-    for status, identifier in assoc.send_c_find(query, model):
+def _find(assoc: Association, pacs: PacsAddress, query: Dataset) -> Iterator[Dataset]:
+    for status, identifier in assoc.send_c_find(query, STUDY_ROOT_FIND):
         code = int(status.Status) if "Status" in status else None
         if code in _PENDING and identifier is not None:
             yield identifier
@@ -190,13 +197,13 @@ def _find(assoc: Association, pacs: PacsAddress, model: object,
             )
 
 
-def _get(assoc: Association, pacs: PacsAddress, model: object, series: Dataset) -> None:
+def _get(assoc: Association, pacs: PacsAddress, series: Dataset) -> None:
     query = Dataset()
     query.QueryRetrieveLevel = "SERIES"
     query.StudyInstanceUID = series.StudyInstanceUID
     query.SeriesInstanceUID = series.SeriesInstanceUID
     final: Dataset | None = None
-    for status, _ in assoc.send_c_get(query, model):
+    for status, _ in assoc.send_c_get(query, STUDY_ROOT_GET):
         final = status
     code = int(final.Status) if final is not None and "Status" in final else None
     if code != 0x0000:
