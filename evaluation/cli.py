@@ -1,7 +1,8 @@
 """``dicomnode-eval``: evaluation tools.
 
 ``simulate`` writes a synthetic breast DCE-MRI cohort; ``audit`` judges a DICOM archive (a
-folder or a PACS) by what harmonization did for radiomics and kinetics.
+folder or a PACS) by what harmonization did for radiomics and kinetics; ``benchmark`` compares
+the harmonizers and ComBat on held-out virtual patients and writes docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from evaluation import benchmark
 from evaluation.audit import command as audit_command
 from evaluation.virtual_scanner.cohort import simulate_cohort
 from evaluation.virtual_scanner.profiles import ProfileError, available_profiles, profiles_dir
@@ -56,9 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_simulate(sub)
     audit_command.add_parser(sub)
+    benchmark.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "audit":
         return audit_command.run(args)
+    if args.command == "benchmark":
+        return benchmark.run(args)
     if args.command == "simulate":
         try:
             summary = simulate_cohort(

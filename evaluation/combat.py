@@ -32,12 +32,49 @@ def package_version() -> str:
 
 
 @dataclass(frozen=True)
-class CombatResult:
-    """Harmonized features (samples, kept features) and the names kept and dropped."""
+class CombatModel:
+    """ComBat estimates fitted on a training set, to harmonize new series of the same batches.
 
-    features: np.ndarray
-    kept: tuple[str, ...]
-    dropped: tuple[str, ...]
+    ``harmonized`` is the package's own output for the training set (kept features only).
+    The other arrays are the package's estimates: per feature the reference batch's mean and
+    the pooled standard deviation, per batch and feature the empirical-Bayes location
+    (``gamma``) and scale (``delta``) of the batch effect in standardized units.
+    """
+
+    names: tuple[str, ...]
+    kept: np.ndarray  # bool per name
+    reference: str
+    batches: tuple[str, ...]  # sorted: row i of gamma and delta
+    grand_mean: np.ndarray
+    pooled_sd: np.ndarray
+    gamma: np.ndarray
+    delta: np.ndarray
+    harmonized: np.ndarray
+
+    @property
+    def dropped(self) -> tuple[str, ...]:
+        return tuple(n for n, k in zip(self.names, self.kept, strict=True) if not k)
+
+    def apply(self, features: np.ndarray, batches: Sequence[str]) -> np.ndarray:
+        """Harmonize (samples, all names) of new series; returns (samples, kept features).
+
+        The adjustment of Johnson et al. 2007 with the fitted estimates, as the package's
+        ``neuroCombatFromTraining`` computes it (that function fails on NumPy >= 2.3: it
+        calls ``int()`` on a one-element array). Reference-batch rows are returned as they
+        are, as ``ref_batch`` leaves them.
+        """
+        x = np.atleast_2d(np.asarray(features, dtype=np.float64))[:, self.kept]
+        out = x.copy()
+        for row, batch in enumerate(batches):
+            if batch == self.reference:
+                continue
+            if batch not in self.batches:
+                raise ValueError(f"batch {batch!r} was not in ComBat's training set")
+            level = self.batches.index(batch)
+            z = (x[row] - self.grand_mean) / self.pooled_sd
+            z = (z - self.gamma[level]) / np.sqrt(self.delta[level])
+            out[row] = z * self.pooled_sd + self.grand_mean
+        return out
 
 
 @contextlib.contextmanager
@@ -70,9 +107,9 @@ def harmonizable(features: np.ndarray, batches: Sequence[str]) -> np.ndarray:
     return np.asarray(keep)
 
 
-def combat(features: np.ndarray, names: Sequence[str], batches: Sequence[str],
-           reference: str) -> CombatResult:
-    """ComBat-harmonize (samples, features) to the ``reference`` batch.
+def fit_combat(features: np.ndarray, names: Sequence[str], batches: Sequence[str],
+               reference: str) -> CombatModel:
+    """Fit ComBat on (samples, features) with ``reference`` as the reference batch.
 
     Parametric empirical Bayes, location and scale (the package defaults), no biological
     covariates: the cohort's patients are drawn from one population for every scanner.
@@ -94,12 +131,21 @@ def combat(features: np.ndarray, names: Sequence[str], batches: Sequence[str],
     if not keep.any():
         raise ValueError("every feature is constant within some batch; nothing to harmonize")
     covariates = pd.DataFrame({_BATCH: labels})
-    # The package reports its progress with print(); the benchmark has its own.
-    with _numpy_int_alias(), contextlib.redirect_stdout(io.StringIO()):
+    # The package reports its progress with print(); the benchmark has its own. Its
+    # empirical-Bayes loop divides by the reference batch's location, which ref_batch makes 0
+    # (a harmless inf in a convergence test).
+    with (_numpy_int_alias(), contextlib.redirect_stdout(io.StringIO()),
+          np.errstate(divide="ignore", invalid="ignore")):
         result = neuroCombat(dat=x[:, keep].T, covars=covariates, batch_col=_BATCH,
                              ref_batch=reference)
-    return CombatResult(
-        features=np.asarray(result["data"], dtype=np.float64).T,
-        kept=tuple(n for n, k in zip(names, keep, strict=True) if k),
-        dropped=tuple(n for n, k in zip(names, keep, strict=True) if not k),
+    estimates = result["estimates"]
+    return CombatModel(
+        names=tuple(names), kept=keep, reference=reference,
+        # The package codes batches as indices into the sorted batch names.
+        batches=tuple(sorted(counts)),
+        grand_mean=np.asarray(estimates["stand.mean"], dtype=np.float64)[:, 0],
+        pooled_sd=np.sqrt(np.asarray(estimates["var.pooled"], dtype=np.float64)[:, 0]),
+        gamma=np.asarray(estimates["gamma.star"], dtype=np.float64),
+        delta=np.asarray(estimates["delta.star"], dtype=np.float64),
+        harmonized=np.asarray(result["data"], dtype=np.float64).T,
     )
