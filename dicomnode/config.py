@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dicomnode.paths import conf_dir
+
+if TYPE_CHECKING:
+    from evaluation.sidecar import Thresholds
 
 _AE_TITLE = r"^[ -~]{1,16}$"  # DICOM AE: up to 16 printable ASCII characters
 
@@ -114,12 +117,15 @@ class Evaluation(_Strict):
     # evaluation/reference/siemens-3t.json.
     reference: Path | None = None
     # Pass/warn limits by name (evaluation.sidecar.Thresholds); unnamed ones keep defaults.
-    thresholds: dict[str, float] = Field(default_factory=dict)
+    thresholds: dict[str, float | str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _known_thresholds(self) -> Evaluation:
-        if not self.thresholds:
-            return self
+    def _valid_thresholds(self) -> Evaluation:
+        self.limits()  # unknown names and inconsistent limits are refused at load
+        return self
+
+    def limits(self) -> Thresholds:
+        """The thresholds as the sidecar takes them."""
         from evaluation.sidecar import Thresholds
 
         known = {f.name for f in dataclasses.fields(Thresholds)}
@@ -127,7 +133,8 @@ class Evaluation(_Strict):
         if unknown:
             raise ValueError(
                 f"unknown thresholds {unknown}; known: {', '.join(sorted(known))}")
-        return self
+        values: dict[str, Any] = dict(self.thresholds)
+        return Thresholds(**values)
 
 
 def _default_folder() -> DicomDestination | FolderDestination:

@@ -30,6 +30,7 @@ from dicomnode.logs import get_logger
 from dicomnode.provenance import read_provenance
 from dicomnode.retention import job_dir
 from dicomnode.spool import write_durably
+from evaluation.sidecar import Thresholds
 
 REPORT_FILE = "quality-report.dcm"
 
@@ -42,7 +43,7 @@ class ReportTask:
     derived_paths: tuple[str, ...]
     report_dir: str
     reference: str | None
-    thresholds: dict[str, float]
+    thresholds: Thresholds
 
 
 def make_report(task: ReportTask) -> tuple[str, str]:
@@ -50,7 +51,7 @@ def make_report(task: ReportTask) -> tuple[str, str]:
     # Imported here: the evaluation stack (pyradiomics, scikit-learn) loads in the child only.
     from evaluation.domain_reference import default_reference_path, load
     from evaluation.quality_report import quality_report
-    from evaluation.sidecar import Thresholds, assess
+    from evaluation.sidecar import assess
 
     source = assemble([dcmread(p, defer_size="64 KB") for p in task.source_paths])
     derived = assemble([dcmread(p, defer_size="64 KB") for p in task.derived_paths])
@@ -58,8 +59,7 @@ def make_report(task: ReportTask) -> tuple[str, str]:
     if provenance is None:
         raise ValueError(f"{task.derived_paths[0]} has no dicomnode provenance block")
     reference = load(Path(task.reference) if task.reference else default_reference_path())
-    assessment = assess(source.acquisition, derived.acquisition, reference,
-                        Thresholds(**task.thresholds))
+    assessment = assess(source.acquisition, derived.acquisition, reference, task.thresholds)
     report = quality_report(
         assessment,
         [ds for phase in source.sources for ds in phase],
@@ -93,7 +93,7 @@ class Evaluator:
             derived_paths=tuple(str(p) for p in sorted(Path(job.output_dir).glob("*.dcm"))),
             report_dir=str(job_dir(self.config, job.id) / "report"),
             reference=str(settings.reference) if settings.reference else None,
-            thresholds=dict(settings.thresholds),
+            thresholds=settings.limits(),
         )
 
     def run_pending(self, in_process: bool = False) -> int:

@@ -17,6 +17,13 @@ simulator's truth, so the reference is built the way the sidecar measures a seri
   family as :func:`evaluation.metrics.identifiability`).
 
 The file is JSON, small, and records how it was made (command, seeds, date, feature set).
+
+Texture features depend on the voxel grid, and the classifier knows one grid per profile
+(``--matrix``, ``--slices``). A GE 1.5 T series at the profile's own 320 x 320 x 96 grid was
+given p(ge-1.5t) = 0.01 by the shipped file, and smoothing it down to the fitted grid did not
+help (it made every profile look like GE 1.5 T). The score is therefore a trend within one
+site's grid, not a calibrated probability, and the sidecar leaves it out of the verdict
+unless configured.
 """
 
 from __future__ import annotations
