@@ -18,6 +18,22 @@ def test_a_wrong_config_names_the_file_and_field(
     assert f"{config}:1: port: Input should be less than or equal to 65535" in error
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ("evaluation:\n  thresholds:\n    sharpness_pass: 1\n",
+     "unknown thresholds ['sharpness_pass']"),
+    ("evaluation:\n  thresholds:\n    intensity_distance_pass: 2\n",
+     "need 0 <= pass limit (2.0) <= warn limit (1.0)"),
+])
+def test_wrong_quality_thresholds_are_refused_at_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text(text)
+    assert main(["--config", str(config), "rules", "check"]) == 2
+    error = capsys.readouterr().err
+    assert f"{config}:1: evaluation:" in error and message in error, error
+
+
 def test_rules_check_loads_every_shipped_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rules", "check"]) == 0
     assert "7 rules, 0 unusable models" in capsys.readouterr().out

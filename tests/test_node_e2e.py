@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pytest
 import requests
@@ -142,6 +143,31 @@ def test_a_simulated_ge_study_arrives_harmonized_at_the_pacs(
         return values[mask] / np.median(values[mask])
     assert wasserstein_distance(shape(after), shape(reference)) < wasserstein_distance(
         shape(before), shape(reference))
+
+    # The rule says `evaluate: true`: the quality report follows the images to the PACS, in
+    # the same study, and dciodvfy and highdicom accept it.
+    def reports() -> list[dict[str, object]]:
+        return [s for s in orthanc.series()
+                if s["MainDicomTags"].get("Modality") == "SR"
+                and s["ParentStudy"] == derived[0]["ParentStudy"]]
+
+    wait_for(lambda: len(reports()) == 1, 180, "the quality report in Orthanc", interval=0.5)
+    (report_series,) = reports()
+    report = _download(orthanc, str(report_series["Instances"][0]))  # type: ignore[index]
+    sr = hd.sr.Comprehensive3DSR.from_dataset(report)
+    assert sr.StudyInstanceUID == study_uid
+    evidence = {item.SeriesInstanceUID for item in
+                sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence}
+    assert datasets[0].SeriesInstanceUID in evidence
+    report.save_as(tmp_path / "report.dcm")
+    assert dciodvfy_errors(tmp_path / "report.dcm") == []
+    (job,) = _jobs_for(node, study_uid)
+    ledger = Ledger(Path(node.config["var_dir"]) / "ledger.sqlite")
+    try:
+        written = ledger.report(job.id)
+    finally:
+        ledger.close()
+    assert written is not None and written.state == "written"
 
 
 def test_real_vendor_files_are_routed_or_quarantined_and_the_node_stays_up(
