@@ -67,27 +67,25 @@ class Thresholds:
     limits are set: a single series' probability from a classifier fitted on simulated
     patients is a trend to watch, not a calibrated test.
 
-    Defaults, from :func:`assess` on held-out simulated patients (seeds 6000-6003 on all six
-    profiles with every shipped model, grid 96 x 96 x 24; reference exams seeds 6100-6119,
-    grid 128 x 128 x 32):
+    Defaults, from ``python -m evaluation.sidecar_calibration`` (held-out seeds 6000-6003 on
+    every profile, every shipped model, grid 96 x 96 x 24; min / median / max):
 
-    - intensity distance: the reference scanner's own exams score 0.11-0.40 (median 0.18)
-      against the reference, from their random receive gain alone, and the shipped models
-      bring 1.5 T series to 0.07-0.32; raw GE 1.5 T and Philips series score 1.0-3.6. Pass
-      0.5, warn 1.0.
+    - intensity distance: the reference scanner's own exams score 0.11 / 0.17 / 0.21 against
+      the reference (their random receive gain alone); the shipped models bring series to
+      0.07-0.32; series left as acquired score up to 3.6 (median 1.04). Pass 0.5, warn 1.0.
     - gradient similarity: monotone intensity maps that keep structure score 0.9-1.0; the
-      histogram model on GE 3 T scores 0.76-0.93 while it moves FGT density by 5-9 pp, a
-      known weakness (docs/harmonizers.md). Pass 0.9, warn 0.8.
-    - FGT density change: physics and stylemapper stay within 5 pp; cyclegan on GE 1.5 T
-      moves it 7-16 pp. Pass 5, warn 10.
+      histogram model goes down to 0.76 where it moves FGT density by up to 9 pp, a known
+      weakness (docs/harmonizers.md). Pass 0.9, warn 0.8.
+    - FGT density change: physics and stylemapper stay within 5 pp; cyclegan moves it up to
+      15.8 pp (GE 1.5 T). Pass 5, warn 10.
     - PE change: harmonizing across field strength *should* change enhancement (the 1.5 T and
       3 T renderings of one patient differ by up to 38 pp of lesion PE, docs/harmonizers.md),
       and the physics model, the most accurate on kinetics, changes it by up to 43 pp. Without
       paired truth that cannot be told from damage, so the limits only catch kinetics that
       are destroyed: pass 25, warn 50.
     - curve type: "any harmonization that changes the curve type is harmful"
-      (breast-dce-physics.md, "Kinetics"): a change fails. The physics model changed the
-      most enhancing region's type in 2 of its 20 cases above, no other model in any.
+      (breast-dce-physics.md, "Kinetics"): a change fails. The physics model changed 2 of its
+      40 regions' types, no other model any.
     """
 
     intensity_distance_pass: float = 0.5
