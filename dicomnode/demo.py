@@ -3,8 +3,9 @@
 1. Simulate one GE 1.5 T breast DCE study with the virtual scanner (``dicomnode-eval``).
 2. Start ``dicomnode serve`` with the embedded defaults (spool, ledger and output under var/).
 3. Send the study with DCMTK ``storescu``, the way a scanner would.
-4. Wait for the harmonized series, then print what came in, which rule matched, what went
-   out and where, and how much closer it came to the reference scanner.
+4. Wait for the harmonized series and its DICOM-SR quality report, then print what came in,
+   which rule matched, what went out and where, how much closer it came to the reference
+   scanner, and the report's verdict.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from scipy.stats import wasserstein_distance
 
 from dicomnode.assembly import acquisitions_from_paths
 from dicomnode.config import NodeConfig
-from dicomnode.ledger import Ledger
+from dicomnode.ledger import Ledger, Report
+from dicomnode.quality_reports import REPORT_FILE
+from evaluation.quality_report import REASON_NAME
 from evaluation.virtual_scanner.truth import breast_mask
 
 SCANNER = "ge-1.5t"
@@ -88,10 +92,11 @@ def main() -> int:
         send = ["storescu", "-aet", "SCANNER", "-aec", "DICOMNODE", "+sd", "+r", "-R",
                 "127.0.0.1", str(port), str(study / "dicom")]
         print(" ".join(send), flush=True)
-        started = time.monotonic()
+        started, since = time.monotonic(), time.time()
         subprocess.run(send, check=True, env=env)
-        jobs = _wait_for_jobs(config, study)
+        jobs = _wait_for_jobs(config, study, since)
         elapsed = time.monotonic() - started
+        _wait_for_reports(config, [job_id for _, job_id in jobs])
     finally:
         node.send_signal(signal.SIGTERM)
         node.wait(30)
@@ -104,18 +109,35 @@ def _study_uid(study: Path) -> str:
     return str(dcmread(first, stop_before_pixels=True).StudyInstanceUID)
 
 
-def _wait_for_jobs(config: NodeConfig, study: Path) -> list[tuple[str, int]]:
+def _wait_for_jobs(config: NodeConfig, study: Path, since: float) -> list[tuple[str, int]]:
+    """The jobs this run made for the study (a ledger from an earlier demo holds older ones:
+    the same study sent again becomes a new version of its job)."""
     uid = _study_uid(study)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if config.ledger_path.exists():
             ledger = Ledger(config.ledger_path)
-            jobs = [j for j in ledger.jobs() if j.study_uid == uid]
+            jobs = [j for j in ledger.jobs() if j.study_uid == uid and j.created_at >= since]
             ledger.close()
             if jobs and all(j.state in TERMINAL for j in jobs):
                 return [(j.state, j.id) for j in jobs]
         time.sleep(0.5)
     sys.exit("the harmonized series did not arrive within 300 s; see `dicomnode jobs list`")
+
+
+def _wait_for_reports(config: NodeConfig, job_ids: list[int]) -> None:
+    """The quality reports run beside delivery; give them time to be made and sent."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        ledger = Ledger(config.ledger_path)
+        reports = [r for r in map(ledger.report, job_ids) if r is not None]
+        sending = [d for j in job_ids for d in ledger.deliveries(j, kind="report")
+                   if d.state == "pending"]
+        ledger.close()
+        if all(r.state != "pending" for r in reports) and not sending:
+            return
+        time.sleep(0.5)
+    sys.exit("the quality report was not made within 300 s; see `dicomnode jobs show`")
 
 
 def _report(
@@ -136,18 +158,38 @@ def _report(
         print(f"{'rule':<10}{job.rule}: {job.method or 'passthrough'} / {job.model or '-'}")
         if job.reason:
             print(f"{'reason':<10}{job.reason}")
-        for delivery in ledger.deliveries(job_id):
+        for delivery in ledger.deliveries(job_id, kind="images"):
             target = config.destinations[delivery.destination]
             where = getattr(target, "path", None)
             place = f"{where}/job-{job_id:08d}" if where else delivery.destination
-            out = sorted(Path(place).glob("*.dcm")) if where else []
+            out = [p for p in sorted(Path(place).glob("*.dcm")) if p.name != REPORT_FILE
+                   ] if where else []
             description = dcmread(out[0], stop_before_pixels=True).SeriesDescription if out else ""
             print(f"{'out':<10}{len(out)} instances, \"{description}\" -> "
                   f"{delivery.destination} ({delivery.state}): {place}")
             if out and job.output_dir:
                 _closeness(study, Path(place))
+        report = ledger.report(job_id)
+        if report is not None:
+            _quality(report)
     ledger.close()
     print(f"{'log':<10}{log}; the admin's view: dicomnode jobs list")
+
+
+def _quality(report: Report) -> None:
+    """The sidecar's verdict and what drove it, from the SR the node wrote."""
+    if report.state != "written" or not report.path:
+        print(f"{'quality':<10}report {report.state}: {report.error}")
+        return
+    def texts(items: Sequence[Dataset]) -> Iterator[str]:
+        for item in items:
+            if item.ConceptNameCodeSequence[0].CodeValue == REASON_NAME.value:
+                yield str(item.TextValue)
+            yield from texts(item.get("ContentSequence", []))
+
+    reasons = list(texts(dcmread(report.path).ContentSequence))
+    print(f"{'quality':<10}DICOM-SR {report.path}: verdict {report.verdict}"
+          + "".join(f"\n{'':<10}- {text}" for text in reasons))
 
 
 def _closeness(study: Path, delivered: Path) -> None:
