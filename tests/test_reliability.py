@@ -90,13 +90,29 @@ def _all_done(node: Node, count: int = 1) -> Callable[[], bool]:
     return done
 
 
-def _derived_sources(pacs: Orthanc) -> list[str]:
-    """For every instance in the PACS, the source instance it was derived from."""
-    sources = []
+def _derived_sources(pacs: Orthanc, jobs: int = 1) -> list[str]:
+    """For every image in the PACS, the source instance it was derived from.
+
+    Quality reports (SR) are left out, as they have no source image; there is at most one
+    per job, as their UIDs are derived like the images'.
+    """
+    sources, reports = [], 0
     for instance in pacs.get("/instances"):
         tags = pacs.get(f"/instances/{instance}/tags?simplify")
+        if tags.get("Modality") == "SR":
+            reports += 1
+            continue
         sources.append(tags["SourceImageSequence"][0]["ReferencedSOPInstanceUID"])
+    assert reports <= jobs, f"{reports} quality reports for {jobs} jobs"
     return sources
+
+
+def _children(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (Linux /proc)."""
+    found: set[int] = set()
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        found.update(int(c) for c in children.read_text().split())
+    return found
 
 
 def _kill(node: Node) -> None:
@@ -162,8 +178,14 @@ def test_crash_mid_delivery_resends_without_duplicates(study: Path, tmp_path: Pa
         assert storescu([study], node.ae_title, node.port).returncode == 0
         stored = lambda: int(pacs.get("/statistics")["CountInstances"])  # noqa: E731
         wait_for(lambda: stored() >= 20, 120, "delivery to start")
+        assert node.process is not None
+        # The quality report's worker process starts beside delivery; it must die with the node.
+        wait_for(lambda: bool(_children(node.process.pid)), 60, "the evaluator's worker")
+        workers = _children(node.process.pid)
         _kill(node)
         assert 20 <= stored() < len(sent)
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 15,
+                 "the evaluator's worker to end with the node")
         _restart_and_check(tmp_path / "node", pacs, sent)
     finally:
         pacs.stop()
@@ -216,7 +238,7 @@ def test_eight_scanners_at_once(pacs: Orthanc, tmp_path: Path) -> None:
     finally:
         node.stop()
     expected = set().union(*(_sent_uids(s) for s in studies))
-    sources = _derived_sources(pacs)
+    sources = _derived_sources(pacs, jobs=8)
     assert len(sources) == len(expected) and set(sources) == expected
 
 
