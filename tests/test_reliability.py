@@ -179,9 +179,10 @@ def test_crash_mid_delivery_resends_without_duplicates(study: Path, tmp_path: Pa
         stored = lambda: int(pacs.get("/statistics")["CountInstances"])  # noqa: E731
         wait_for(lambda: stored() >= 20, 120, "delivery to start")
         assert node.process is not None
+        pid = node.process.pid
         # The quality report's worker process starts beside delivery; it must die with the node.
-        wait_for(lambda: bool(_children(node.process.pid)), 60, "the evaluator's worker")
-        workers = _children(node.process.pid)
+        wait_for(lambda: bool(_children(pid)), 60, "the evaluator's worker")
+        workers = _children(pid)
         _kill(node)
         assert 20 <= stored() < len(sent)
         wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 15,
