@@ -240,6 +240,11 @@ def _derive_one(
         if keyword not in ds:
             setattr(ds, keyword, "")
     _add_private_block(ds, provenance)
+    if source.original_encoding == (False, True):
+        # The source's undecoded elements are already explicit VR little endian, the output's
+        # encoding: saying so lets pydicom write them as they are instead of decoding and
+        # re-encoding every one (about half the time of writing a derived series).
+        ds.set_original_encoding(False, True, source.original_character_set)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = source.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
