@@ -22,6 +22,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from dicomnode.ledger import Ledger
+from dicomnode.spool import Spool
 from evaluation.virtual_scanner.cohort import simulate_cohort
 from tests.peers import (
     PEER_ENV,
@@ -106,6 +107,13 @@ def bench_ingest(work: Path) -> dict[str, float]:
         rates["pynetdicom"] = INGEST_SLICES / _timed_send(series, "BARE", port)
     finally:
         stop_process(bare)
+    # The durable write alone, as the node does it before Success: this disk's share.
+    spool = Spool(work / "spool-only")
+    payloads = [path.read_bytes() for path in sorted(series.glob("*.dcm"))]
+    started = time.perf_counter()
+    for data in payloads:
+        spool.store(data)
+    rates["fsync only"] = INGEST_SLICES / (time.perf_counter() - started)
     # A long settle keeps the pipeline idle: this measures receiving only.
     node = Node(work / "node", {"settle_seconds": 3600}).start()
     try:
@@ -179,10 +187,11 @@ def main() -> None:
         print(f"ingest, {INGEST_SLICES} x {INGEST_MATRIX}x{INGEST_MATRIX} uint16, one association, "
               "TCP_NODELAY=1:")
         for name, rate in rates.items():
-            print(f"  {name:<9} {rate:7.1f} instances/s")
+            print(f"  {name:<10} {rate:7.1f} instances/s")
         print("  (pynetdicom: a bare pynetdicom SCP that answers Success at once, the transport's "
-              "ceiling;\n   the node fsyncs each instance and its folder, and writes its ledger "
-              "row, before Success)")
+              "ceiling;\n   fsync only: the node's durable write of each file, no network;\n"
+              "   the node fsyncs each instance and its folder, and writes its ledger row, "
+              "before Success)")
         print(f"  ratio node/storescp = {rates['node'] / rates['storescp']:.2f}, "
               f"node/Orthanc = {rates['node'] / rates['orthanc']:.2f} (target >= 1), "
               f"bare pynetdicom/Orthanc = {rates['pynetdicom'] / rates['orthanc']:.2f}")
