@@ -175,7 +175,11 @@ def _job_steps(ledger_path: Path, wall: float) -> dict[str, float]:
     ledger = Ledger(ledger_path)
     try:
         (job,) = ledger.jobs()
-        return {state: at - wall for at, state, _ in ledger.events(job.id)}
+        steps: dict[str, float] = {}
+        for at, state, _ in ledger.events(job.id):
+            # The first event of each state: later ones (the quality report's) keep the state.
+            steps.setdefault(state, at - wall)
+        return steps
     finally:
         ledger.close()
 
