@@ -9,7 +9,6 @@ file meta carries the sending and receiving AE titles (PS3.10 7.1, (0002,0017) a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
@@ -23,10 +22,12 @@ from dicomnode.validation import (
     STATUS_CANNOT_UNDERSTAND,
     Verdict,
     check,
-    truncation,
+    read_whole,
 )
 
 RECOVERED_PEER = "unknown (recovered from the spool)"
+# What intake reads of each instance: the verdict's tags, the expected count's, the charset.
+_INTAKE_TAGS = [*map(Tag, ["SpecificCharacterSet", *CHECKED_TAGS]), *EXPECTED_COUNT_TAGS]
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,8 @@ def register(
     """
     expected = None
     ds: Dataset
-    truncated = truncation(data)
     try:
-        if truncated:
-            raise ValueError(truncated)
-        ds = dcmread(BytesIO(data), specific_tags=[*map(Tag, CHECKED_TAGS),
-                                                    *EXPECTED_COUNT_TAGS])
+        ds = read_whole(data, _INTAKE_TAGS)
         verdict = check(ds, sop_class_uid, sop_instance_uid,
                         str(ds.file_meta.get("TransferSyntaxUID", "")))
         expected = expected_count(ds)

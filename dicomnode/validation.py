@@ -9,11 +9,15 @@ hears the failure and does not count the instance as stored.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from io import BytesIO
 
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import data_element_generator, read_dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 STATUS_SUCCESS = 0x0000
@@ -23,7 +27,7 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 # PS3.5 9.1: components of digits without leading zeros, dot-separated, at most 64 chars.
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
-# The tags a verdict needs (read at intake with specific_tags).
+# The tags a verdict needs (read at intake by read_whole).
 CHECKED_TAGS = [
     "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows",
     "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames", "PixelData",
@@ -34,11 +38,18 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _PREAMBLE = 128 + 4  # the spool always writes the preamble and "DICM"
 
 
-def truncation(data: bytes) -> str | None:
-    """Why the file ends inside an element, or None when every element is whole.
+class Truncated(ValueError):
+    """The file ends inside an element; the message says where."""
+
+
+def read_whole(data: bytes, tags: Collection[BaseTag]) -> Dataset:
+    """The data set's elements ``tags`` (and its file meta), read in one pass that also
+    checks that every top-level element is whole.
 
     pydicom reads a cut-short file without error (it keeps the short value, or stops), so
-    the top-level elements are walked here and their declared lengths compared.
+    every top-level element's declared length is compared with what the file holds, and
+    :class:`Truncated` names the first that falls short. A deflated data set (compressed as
+    a whole) is left to pydicom's inflate, which reports a cut itself.
     """
     stream = BytesIO(data)
     stream.seek(_PREAMBLE)
@@ -47,7 +58,9 @@ def truncation(data: bytes) -> str | None:
                             stop_when=lambda tag, _vr, _length: tag.group != 2)
         syntax = UID(str(meta.get("TransferSyntaxUID", "")))
         if syntax == DeflatedExplicitVRLittleEndian:
-            return None  # compressed as a whole: pydicom's inflate reports a cut itself
+            return dcmread(BytesIO(data), specific_tags=list(tags))
+        wanted = set(tags)
+        found: dict[BaseTag, DataElement | RawDataElement] = {}
         elements = data_element_generator(stream, syntax.is_implicit_VR,
                                           syntax.is_little_endian)
         for element in elements:
@@ -55,13 +68,22 @@ def truncation(data: bytes) -> str | None:
             value = getattr(element, "value", None)
             if (length != _UNDEFINED_LENGTH and isinstance(value, bytes)
                     and len(value) < length):
-                return (f"truncated: element {element.tag} declares {length} bytes, "
-                        f"the file holds {len(value)}")
-    except (EOFError, OSError, ValueError, AttributeError) as exc:
-        return f"truncated or malformed: {exc}"
+                raise Truncated(f"truncated: element {element.tag} declares {length} bytes, "
+                                f"the file holds {len(value)}")
+            if element.tag in wanted:
+                found[element.tag] = element
+    except (EOFError, OSError, AttributeError) as exc:
+        raise Truncated(f"truncated or malformed: {exc}") from exc
+    except ValueError as exc:
+        if isinstance(exc, Truncated):
+            raise
+        raise Truncated(f"truncated or malformed: {exc}") from exc
     if stream.tell() != len(data):  # the generator stops quietly inside a cut header
-        return f"truncated: the file ends inside an element header at byte {stream.tell()}"
-    return None
+        raise Truncated(
+            f"truncated: the file ends inside an element header at byte {stream.tell()}")
+    ds = Dataset(found)
+    ds.file_meta = FileMetaDataset(meta)
+    return ds
 
 
 @dataclass(frozen=True)
