@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 BENCHMARKS = ["bench.bench_simulate", "bench.bench_node", "bench.bench_harmonizers",
-              "bench.bench_deep"]
+              "bench.bench_deep", "bench.bench_sidecar"]
 
 if __name__ == "__main__":
     for module in BENCHMARKS:
