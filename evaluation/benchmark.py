@@ -33,6 +33,7 @@ import numpy as np
 from evaluation.benchmark_measure import feature_metrics, image_metrics, usable_features
 from evaluation.combat import PACKAGE, fit_combat, package_version
 from evaluation.features import FEATURE_SET_VERSION, series_features
+from evaluation.generated_docs import replace_block
 from evaluation.harmonizer_quality import REFERENCE, SOURCES, make_case, shipped_models
 from evaluation.metrics import MetricError, dice
 from evaluation.segmenter import TRAINING_SEEDS, fit_segmenter
@@ -406,17 +407,6 @@ def report(command: str, settings: Settings, progress: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(out: Path, generated: str) -> None:
-    """Replace the generated block in ``out``, keeping the hand-written text around it."""
-    if out.is_file() and _BEGIN in (text := out.read_text()) and _END in text:
-        before, rest = text.split(_BEGIN, 1)
-        after = rest.split(_END, 1)[1]
-        out.write_text(before + generated.rstrip("\n") + after)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("# Evaluation benchmark\n\n" + generated)
-
-
 def _name_list(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
@@ -483,7 +473,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     generated = report(_command(args), settings, progress=not args.no_progress)
     if args.out is not None:
-        write(args.out, generated)
+        replace_block(args.out, generated, (_BEGIN, _END), "Evaluation benchmark")
     print(generated)
     return 0
 

@@ -48,6 +48,7 @@ from scipy import ndimage
 from scipy.stats import rankdata
 
 from dicomnode.paths import models_dir
+from evaluation.generated_docs import replace_block
 from evaluation.virtual_scanner.acquisition import acquire, exam_rng
 from evaluation.virtual_scanner.compartments import tissue_at_field, voxel_compartments
 from evaluation.virtual_scanner.kinetics import enhancement_type
@@ -331,17 +332,6 @@ def report(command: str, seeds: Sequence[int], matrix: int, slices: int,
     return "\n".join(lines) + "\n"
 
 
-def write(out: Path, generated: str) -> None:
-    """Replace the generated block in ``out``, keeping the hand-written text around it."""
-    if out.is_file() and _BEGIN in (text := out.read_text()) and _END in text:
-        before, rest = text.split(_BEGIN, 1)
-        after = rest.split(_END, 1)[1]
-        out.write_text(before + generated.rstrip("\n") + after)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("# Harmonizer quality\n\n" + generated)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evaluation.harmonizer_quality",
                                      description=__doc__.split("\n")[0])
@@ -359,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is None:
         print(generated)
     else:
-        write(args.out, generated)
+        replace_block(args.out, generated, (_BEGIN, _END), "Harmonizer quality")
         print(generated)
     return 0
 

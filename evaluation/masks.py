@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from evaluation.metrics import MetricError, fgt_threshold
-from harmonizers.foreground import breast_foreground
+from harmonizers.foreground import breast_foreground, large_components
 
 # Smallest plausible breast region, both breasts together. Far below an adult breast (the
 # simulator's smallest is ~300 mL a pair), but far above what noise specks give.
@@ -73,7 +73,7 @@ def breast_mask(pre_contrast: np.ndarray, spacing_mm: tuple[float, float, float]
     edge = _tissue_edge(volume, body, interior, threshold)
     body = _drop_partial_volume_rim(volume, body, edge)
     cut = _muscle_surface(volume, surface, reference_slice, edge, threshold)
-    mask = _large_components(body & _anterior_of(cut, body.shape))
+    mask = large_components(body & _anterior_of(cut, body.shape), _MIN_COMPONENT_FRACTION)
     if flip:
         mask = mask[:, ::-1]
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
@@ -243,15 +243,3 @@ def _steepest_rise(profile: np.ndarray, edge: float, threshold: float, window: i
     rises = np.where(segment[:-1] <= threshold, np.diff(segment), -np.inf)
     best = int(np.argmax(rises))
     return first + 1 + best if rises[best] > 0 else 0
-
-
-def _large_components(mask: np.ndarray) -> np.ndarray:
-    """Drop components smaller than ``_MIN_COMPONENT_FRACTION`` of the largest."""
-    labels, count = ndimage.label(mask)
-    if count <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    keep = sizes >= _MIN_COMPONENT_FRACTION * sizes.max()
-    keep[0] = False
-    return np.asarray(keep[labels])

@@ -74,7 +74,7 @@ def breast_foreground(volume: np.ndarray) -> np.ndarray:
     mask = _fill_holes_per_slice(mask)
     if not all_finite:
         mask &= finite
-    mask = _large_components(mask)
+    mask = large_components(mask)
     return mask if mask.any() else finite
 
 
@@ -110,8 +110,9 @@ def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     return ~outside
 
 
-def _large_components(mask: np.ndarray) -> np.ndarray:
-    """Keep 3D components at least ``_MIN_COMPONENT_FRACTION`` of the largest one.
+def large_components(mask: np.ndarray, fraction: float = _MIN_COMPONENT_FRACTION
+                     ) -> np.ndarray:
+    """Keep 3D components at least ``fraction`` of the largest one.
 
     More than one may survive: two breasts can be separate components on some slabs.
     """
@@ -120,6 +121,6 @@ def _large_components(mask: np.ndarray) -> np.ndarray:
         return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    keep = sizes >= _MIN_COMPONENT_FRACTION * sizes.max()
+    keep = sizes >= fraction * sizes.max()
     keep[0] = False
-    return keep[labels]
+    return np.asarray(keep[labels])
