@@ -29,10 +29,13 @@ def open_ledger(config: NodeConfig) -> Ledger | None:
 
 
 def jobs_list(ledger: Ledger, states: Sequence[str] | None) -> int:
-    print(f"{'job':>6}  {'state':<12} {'updated':<19}  {'rule':<18} reason")
+    print(f"{'job':>6}  {'state':<12} {'updated':<19}  {'rule':<18} {'report':<14} reason")
     for job in ledger.jobs(states):
+        report = ledger.report(job.id)
+        quality = "-" if report is None else (
+            report.verdict if report.state == "written" and report.verdict else report.state)
         print(f"{job.id:>6}  {job.state:<12} {_when(job.updated_at):<19}  "
-              f"{job.rule or '-':<18} {job.reason or ''}")
+              f"{job.rule or '-':<18} {quality:<14} {job.reason or ''}")
     return 0
 
 

@@ -58,3 +58,26 @@ def test_jobs_list_show_and_retry(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["--config", str(config), "jobs", "retry", str(job)]) == 2
     assert "only quarantined or failed jobs retry" in capsys.readouterr().err
     assert main(["--config", str(config), "jobs", "show", "999"]) == 2
+
+
+def test_jobs_list_and_show_give_the_quality_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text(f"var_dir: {tmp_path / 'var'}\n")
+    ledger = Ledger(tmp_path / "var" / "ledger.sqlite")
+    instance = ledger.add_instance(
+        path="/spool/x.dcm", sop_instance_uid="1.2", sop_class_uid="1.2.3", study_uid="1.1",
+        series_uid="1.1.1", calling_ae="SCANNER", peer="127.0.0.1:4000", size=1)
+    job = ledger.create_job("1.1", [instance])
+    ledger.update_job(job, "delivered", "images sent")
+    ledger.request_report(job, ["pacs"])
+    ledger.report_written(job, "/var/jobs/1/report/quality-report.dcm", "warn")
+    ledger.close()
+    assert main(["--config", str(config), "jobs", "list"]) == 0
+    (row,) = capsys.readouterr().out.splitlines()[1:]
+    assert row.split()[:2] == [str(job), "delivered"] and " warn " in row
+    assert main(["--config", str(config), "jobs", "show", str(job)]) == 0
+    shown = capsys.readouterr().out
+    assert "quality report: written: warn" in shown
+    assert "delivery pacs (report): pending" in shown
