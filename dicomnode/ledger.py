@@ -305,6 +305,16 @@ class Ledger:
             ).fetchall()
         return [row[0] for row in rows]
 
+    def version_instances(self, job_id: int) -> list[Instance]:
+        """A job's instances and, for a new version (``supersedes``), those of every version
+        before it, in arrival order: what the job harmonizes."""
+        chain: list[Instance] = []
+        current = self.job(job_id)
+        while current is not None:
+            chain.extend(self.instances(current.id))
+            current = self.job(current.supersedes) if current.supersedes else None
+        return sorted(chain, key=lambda i: i.id)
+
     def instances(self, job_id: int) -> list[Instance]:
         with self._lock:
             rows = self._db.execute(

@@ -149,18 +149,14 @@ class Pipeline:
 
     def _version_instances(self, job: Job) -> list[Instance]:
         """The job's instances and, for a new version, those of every version before it."""
-        chain: list[Instance] = []
-        current: Job | None = job
-        while current is not None:
-            chain.extend(self.ledger.instances(current.id))
-            current = self.ledger.job(current.supersedes) if current.supersedes else None
+        chain = self.ledger.version_instances(job.id)
         missing = [i for i in chain if i.purged_at is not None]
         if missing:
             raise AssemblyError(
                 f"{len(missing)} earlier instances of this series were purged; send the whole "
                 "series again"
             )
-        return sorted(chain, key=lambda i: i.id)
+        return chain
 
     def _harmonize(self, job: Job, rule: Rule) -> Path:
         assert rule.method and rule.model

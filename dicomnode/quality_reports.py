@@ -107,7 +107,7 @@ class Evaluator:
             raise ValueError(f"job {report.job_id} has no harmonized output")
         settings = self.config.evaluation
         return ReportTask(
-            source_paths=tuple(i.path for i in self.ledger.instances(job.id)),
+            source_paths=tuple(i.path for i in self.ledger.version_instances(job.id)),
             derived_paths=tuple(str(p) for p in sorted(Path(job.output_dir).glob("*.dcm"))),
             report_dir=str(job_dir(self.config, job.id) / "report"),
             reference=str(settings.reference) if settings.reference else None,

@@ -105,3 +105,23 @@ def test_a_report_is_made_in_a_child_process(harness: Harness, study: list[Path]
     report = harness.ledger.report(job.id)
     assert report is not None and report.state == "written", report.error if report else None
     assert Path(report.path or "").is_file()
+
+
+def test_a_new_version_of_a_job_is_reported_on_every_version_s_instances(
+    harness: Harness, study: list[Path]
+) -> None:
+    first, late = study[:-8], study[-8:]
+    harness.receive(first)
+    harness.run(now=1e12)
+    harness.receive(late)  # after the job ran: a new version of it, on all the instances
+    harness.run(now=1e12)
+    old, new = harness.ledger.jobs()
+    assert new.supersedes == old.id and new.state == "delivered", new.reason
+    Evaluator(harness.config, harness.ledger).run_pending(in_process=True)
+    report = harness.ledger.report(new.id)
+    assert report is not None and report.state == "written", report.error if report else None
+    sr = dcmread(report.path or "")
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    source_uid = dcmread(study[0], stop_before_pixels=True).SeriesInstanceUID
+    (original,) = [s for s in evidence if s.SeriesInstanceUID == source_uid]
+    assert len(original.ReferencedSOPSequence) == len(study)
