@@ -24,20 +24,13 @@ from evaluation.metrics import (
     gradient_similarity,
     identifiability,
     lin_ccc,
-    percent_enhancement,
+    pe_error,
     roi_curve,
 )
 from evaluation.segmenter import Segmentation
 
 CCC_THRESHOLDS = (0.85, 0.90)
 REGIONS = ("breast", "fgt")
-
-
-def _pe_error(image: np.ndarray, other: np.ndarray, mask: np.ndarray) -> float:
-    """Mean |difference| of percent enhancement over the post-contrast phases, in pp."""
-    a = percent_enhancement(roi_curve(image, mask))
-    b = percent_enhancement(roi_curve(other, mask))
-    return float(np.mean(np.abs(a[1:] - b[1:])))
 
 
 def _same_type(image: np.ndarray, other: np.ndarray, mask: np.ndarray) -> float:
@@ -58,8 +51,8 @@ def image_metrics(image: np.ndarray, case: Case, segmentation: Segmentation,
     for kind, mask in regions:
         try:
             measured = {
-                f"pe_{kind}_orig": _pe_error(image, original, mask),
-                f"pe_{kind}_truth": _pe_error(image, case.truth, mask),
+                f"pe_{kind}_orig": pe_error(image, original, mask),
+                f"pe_{kind}_truth": pe_error(image, case.truth, mask),
                 f"type_{kind}_orig": _same_type(image, original, mask),
                 f"type_{kind}_truth": _same_type(image, case.truth, mask),
             }

@@ -23,11 +23,12 @@ Metrics (breast = truth labels fat, FGT and lesion; every phase unless said):
 - PE error: percent enhancement 100 (S(t) - S(0)) / S(0) of the ROI-mean curve (each lesion
   mask; the FGT label), mean absolute difference over post phases, in percentage points,
   against the reference rendering and against the truth rendering.
-- Curve type kept: kinetics.enhancement_type of each lesion's ROI-mean curve equals the
-  reference rendering's (and the truth's).
-- FGT density: share of breast voxels above a two-class Otsu threshold of the pre-contrast
-  inside the breast, minus the truth (mean FGT fraction of fat and FGT voxels), in percentage
-  points. Otsu is scale-free, so this checks that the fat/FGT structure survives, not units.
+- Curve type kept: metrics.curve_type (the simulator's rule) of each lesion's ROI-mean curve
+  equals the reference rendering's (and the truth's).
+- FGT density: metrics.fgt_density, the share of breast voxels above a two-class Otsu
+  threshold of the pre-contrast inside the breast, minus the truth (mean FGT fraction of fat
+  and FGT voxels), in percentage points. Otsu is scale-free, so this checks that the fat/FGT
+  structure survives, not units.
 - Lesion contrast: mean lesion / mean FGT at the first post phase, relative to the
   gain-normalized reference's; and the AUC of telling lesion from other breast voxels by
   first-post intensity (Mann-Whitney), minus the reference's: structure created or removed.
@@ -49,15 +50,14 @@ from scipy.stats import rankdata
 
 from dicomnode.paths import models_dir
 from evaluation.generated_docs import replace_block
+from evaluation.metrics import curve_type, fgt_density, pe_error, roi_curve
 from evaluation.virtual_scanner.acquisition import acquire, exam_rng
 from evaluation.virtual_scanner.compartments import tissue_at_field, voxel_compartments
-from evaluation.virtual_scanner.kinetics import enhancement_type
 from evaluation.virtual_scanner.profiles import ScannerProfile, load_profile
 from evaluation.virtual_scanner.render import Rendering, _with_timing, render_seed
 from evaluation.virtual_scanner.tissues import Label
 from harmonizers.acquisition import Acquisition
 from harmonizers.base import Harmonizer
-from harmonizers.foreground import _otsu
 from harmonizers.model_store import CARD_FILE, ModelCard, ModelError
 from harmonizers.registry import available_methods, load_model
 
@@ -144,24 +144,9 @@ def ssim(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
     return float(np.mean(values))
 
 
-def roi_curve(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return np.asarray(image[:, mask].astype(np.float64).mean(axis=1))
-
-
-def percent_enhancement(curve: np.ndarray) -> np.ndarray:
-    return 100.0 * (curve[1:] - curve[0]) / max(abs(float(curve[0])), 1e-9)
-
-
-def pe_error(image: np.ndarray, other: np.ndarray, masks: Sequence[np.ndarray]) -> list[float]:
-    """Mean |PE difference| over post phases, per ROI."""
-    return [float(np.mean(np.abs(percent_enhancement(roi_curve(image, m))
-                                 - percent_enhancement(roi_curve(other, m))))) for m in masks]
-
-
-def otsu_density(pre: np.ndarray, breast: np.ndarray) -> float:
-    values = pre[breast].astype(np.float64)
-    low, high = float(values.min()), float(np.percentile(values, 99.9))
-    return float(np.mean(values > _otsu(values, low, high))) if high > low else 0.0
+def _pe_errors(image: np.ndarray, other: np.ndarray, masks: Sequence[np.ndarray]
+               ) -> list[float]:
+    return [pe_error(image, other, m) for m in masks]
 
 
 def auc(image: np.ndarray, lesion: np.ndarray, breast: np.ndarray) -> float:
@@ -184,15 +169,15 @@ def score(image: np.ndarray, case: Case) -> dict[str, list[float]]:
         "nrmse_raw": [nrmse(image, ref, case.breast)],
         "nrmse_norm": [nrmse(image, norm, case.breast)],
         "ssim": [ssim(image, norm, case.breast)],
-        "pe_lesion_ref": pe_error(image, ref, case.lesions),
-        "pe_lesion_truth": pe_error(image, case.truth, case.lesions),
-        "pe_fgt_ref": pe_error(image, ref, fgt),
-        "pe_fgt_truth": pe_error(image, case.truth, fgt),
-        "type_ref": [float(enhancement_type(roi_curve(image, m))
-                           == enhancement_type(roi_curve(ref, m))) for m in case.lesions],
-        "type_truth": [float(enhancement_type(roi_curve(image, m))
-                             == enhancement_type(roi_curve(case.truth, m))) for m in case.lesions],
-        "density": [100 * abs(otsu_density(image[0], case.breast) - case.true_density)],
+        "pe_lesion_ref": _pe_errors(image, ref, case.lesions),
+        "pe_lesion_truth": _pe_errors(image, case.truth, case.lesions),
+        "pe_fgt_ref": _pe_errors(image, ref, fgt),
+        "pe_fgt_truth": _pe_errors(image, case.truth, fgt),
+        "type_ref": [float(curve_type(roi_curve(image, m))
+                           == curve_type(roi_curve(ref, m))) for m in case.lesions],
+        "type_truth": [float(curve_type(roi_curve(image, m))
+                             == curve_type(roi_curve(case.truth, m))) for m in case.lesions],
+        "density": [abs(fgt_density(image[0], case.breast) - 100 * case.true_density)],
         "contrast": [100 * abs(c) for c in lesion_contrast],
         "auc": [auc(image, m, case.breast) - auc(norm, m, case.breast) for m in case.lesions],
     }

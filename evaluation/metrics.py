@@ -171,7 +171,15 @@ def roi_curve(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Mean signal per phase of a (phase, z, y, x) array inside a (z, y, x) mask."""
     if not mask.any():
         raise MetricError("the region is empty")
-    return np.asarray([float(phase[mask].mean()) for phase in pixels])
+    return np.asarray(pixels[:, mask].astype(np.float64).mean(axis=1))
+
+
+def pe_error(image: np.ndarray, other: np.ndarray, mask: np.ndarray) -> float:
+    """Mean |difference| of the ROI's percent-enhancement curves over the post-contrast
+    phases, in percentage points."""
+    a = percent_enhancement(roi_curve(image, mask))
+    b = percent_enhancement(roi_curve(other, mask))
+    return float(np.mean(np.abs(a[1:] - b[1:])))
 
 
 def gradient_similarity(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
