@@ -8,7 +8,8 @@ paired reference rendering), and once more as a *truth* rendering: the reference
 physics with no B1+ error, receive bias, noise, recon filter or random gain. Each method that
 is registered and has a shipped model ``harmonizers/models/*/card.yaml`` for the pair is run
 on the source series (models are discovered, so new methods get rows when their models land),
-as is ``none`` (the raw source series).
+as is ``none`` (the raw source series). A deep model with a sharpening filter also gets a
+row without it (an ablation: what the filter does, what the rest does).
 
 The reference rendering carries its exam's random receive gain (siemens-3t: 0.8-1.25), which
 no harmonizer can know. NRMSE is reported against the reference as rendered (raw) and against
@@ -58,8 +59,10 @@ from evaluation.virtual_scanner.render import Rendering, _with_timing, render_se
 from evaluation.virtual_scanner.tissues import Label
 from harmonizers.acquisition import Acquisition
 from harmonizers.base import Harmonizer
+from harmonizers.deep import DeepHarmonizer
 from harmonizers.model_store import CARD_FILE, ModelCard, ModelError
 from harmonizers.registry import available_methods, load_model
+from harmonizers.sharpness import UnsharpFilter
 
 REFERENCE = "siemens-3t"
 SOURCES = ("ge-1.5t", "philips-1.5t", "siemens-1.5t")
@@ -227,6 +230,11 @@ def evaluate_pair(source: str, seeds: Sequence[int], matrix: int, slices: int
             harmonizers[method] = load_model(method, name).harmonizer
         except ModelError as exc:
             errors[method] = str(exc)
+            continue
+        model = harmonizers[method]
+        if isinstance(model, DeepHarmonizer) and model.sharpening != UnsharpFilter():
+            # An ablation row: how much of the method is its sharpening filter.
+            harmonizers[f"{method} without sharpening"] = model.with_sharpening(UnsharpFilter())
     pooled: dict[str, dict[str, list[float]]] = {m: {} for m in harmonizers}
     seconds: dict[str, float] = dict.fromkeys(harmonizers, 0.0)
     for seed in seeds:

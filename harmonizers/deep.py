@@ -1,7 +1,8 @@
 """What the deep harmonizers share as model objects: validation, weights file, loading.
 
 :mod:`harmonizers.cyclegan` and :mod:`harmonizers.stylemapper` both ship one generator
-network, the working grid it runs on and the target's mean series scale, in a ``model.pt``
+network, the working grid it runs on, the target's mean series scale and the sharpening filter
+(:mod:`harmonizers.sharpness`), in a ``model.pt``
 of the same layout (see :func:`harmonizers.nets.save_weights`). Each method adds only its
 architecture and its part of the target reference. The keys keep the shipped files' order
 (the target reference between ``generator`` and the domains), so saving a model writes the
@@ -10,16 +11,20 @@ same bytes whichever class assembles the dict.
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import numpy as np
 from torch import nn
 
+from harmonizers.acquisition import Acquisition
 from harmonizers.base import Harmonizer
 from harmonizers.domain import ScannerDomain
 from harmonizers.nets import domain_name, load_state, load_weights, parse_domain, save_weights
+from harmonizers.sharpness import UnsharpFilter, fit_unsharp, radial_log_spectrum
 
 G = TypeVar("G", bound=nn.Module)
 
@@ -29,7 +34,8 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
 
     ``target_scale`` is the target domain's mean series scale
     (:func:`~harmonizers.nets.series_scale`) in its own units: normalized output times it
-    gives target units.
+    gives target units. ``sharpening`` is applied to every phase last; identity unless
+    fitted (:meth:`sharpened`).
     """
 
     weights_file: ClassVar[str] = "model.pt"
@@ -41,6 +47,7 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
         generator: G,
         work_mm: float,
         target_scale: float,
+        sharpening: UnsharpFilter | None = None,
         source_domain: ScannerDomain | None = None,
         target_domain: ScannerDomain | None = None,
         training: dict[str, Any] | None = None,
@@ -53,7 +60,25 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
         self.generator = generator.cpu().eval()
         self.work_mm = float(work_mm)
         self.target_scale = float(target_scale)
+        self.sharpening = sharpening or UnsharpFilter()
         self.training = dict(training or {})
+
+    def output_spectrum(self, source: Sequence[Acquisition]) -> np.ndarray:
+        """Radial log spectrum of this model's harmonized pre-contrast, unsharpened."""
+        plain = self.with_sharpening(UnsharpFilter())
+        return radial_log_spectrum([plain.harmonize(acq)[0] for acq in source])
+
+    def with_sharpening(self, sharpening: UnsharpFilter) -> Self:
+        """This model with another sharpening filter (the networks are shared, not copied)."""
+        model = copy.copy(self)
+        model.sharpening = sharpening
+        return model
+
+    def sharpened(self, source: Sequence[Acquisition], target: Sequence[Acquisition]) -> Self:
+        """This model with the filter that brings its output's power spectrum on ``source``
+        closest to the ``target`` series' (unpaired: different patients on each side)."""
+        spectrum = radial_log_spectrum([acq.pre_contrast for acq in target])
+        return self.with_sharpening(fit_unsharp(self.output_spectrum(source), spectrum))
 
     @abstractmethod
     def _architecture(self) -> dict[str, Any]:
@@ -79,6 +104,7 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
             "method": self.method,
             "architecture": {**self._architecture(), "work_mm": self.work_mm},
             "generator": self.generator.state_dict(),
+            "sharpening": self.sharpening.as_dict(),
             **self._reference(),
             "source_domain": domain_name(self.source_domain),
             "target_domain": domain_name(self.target_domain),
@@ -97,6 +123,7 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
             return cls(
                 generator=generator,
                 work_mm=work_mm,
+                sharpening=UnsharpFilter(**weights["sharpening"]),
                 **cls._reference_from(weights),
                 source_domain=parse_domain(weights.get("source_domain")),
                 target_domain=parse_domain(weights.get("target_domain")),

@@ -93,7 +93,8 @@ def fit(method: str, source: str, cohort: list[Acquisition],
         # One network for every source: only the label of the source scanner differs.
         if "stylemapper" not in _TRAINED:
             _TRAINED["stylemapper"] = _train_style_mapper(target, checkpoints)
-        return _TRAINED["stylemapper"].restyled(target, source_domain=ScannerDomain.parse(source))
+        return _TRAINED["stylemapper"].restyled(target, source_domain=ScannerDomain.parse(source),
+                                                source=cohort)
     if method == "physics":
         return PhysicsHarmonizer.fit(cohort, target, source_agent=load_profile(source).agent,
                                      target_agent=load_profile(REFERENCE).agent)

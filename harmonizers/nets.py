@@ -1,33 +1,30 @@
-"""Layers and the kinetics-preserving application shared by the deep harmonizers.
+"""Layers and the phase-consistent application shared by the deep harmonizers.
 
-Both deep methods (:mod:`harmonizers.cyclegan`, :mod:`harmonizers.stylemapper`) predict the
-same thing from the **pre-contrast** phase only: a per-voxel gain ``k(z, y, x) > 0``, and
-apply it unchanged to every phase::
+Both deep methods (:mod:`harmonizers.cyclegan`, :mod:`harmonizers.stylemapper`) learn one
+mapping and apply it unchanged to every phase, the design rule that keeps DCE kinetics (the
+lab's breast DCE CycleGAN work saw an image-to-image network applied phase by phase distort
+enhancement curves). In *normalized* units (each series divided by its own robust scale,
+:func:`series_scale`, which removes the arbitrary per-exam receive gain)::
 
-    out[p] = k * pixels[p]          for every phase p
+    out[p] = K * (f(x[p]) * exp(b))          for every phase p
 
-So each voxel's percent enhancement ``(S_p - S_0) / S_0`` is exactly what it was: the gain
-cancels. This is the design rule that keeps kinetics (curve type, peak enhancement, washout)
-intact, in the spirit of the per-phase-consistent mapping of the histogram method and of
-the lab's breast DCE CycleGAN work, where an image-to-image network applied phase by phase
-was seen to distort enhancement curves.
+* ``f``, a **monotone per-intensity transfer**: a piecewise-linear increasing function with
+  ``f(0) = 0`` (contrast between fat, FGT and muscle, like a learned histogram map). It acts
+  on each phase's own intensity, as the histogram method's map does, so a rising curve
+  stays rising and a washout stays a washout, and enhancement changes as the transfer's
+  slope says: scanners differ in relative enhancement too (field, TR, flip angle);
+* ``b``, a **smooth log-gain field** predicted from the pre-contrast by a small CNN at a
+  quarter of a fixed physical working grid and upsampled bilinearly (B1+ and receive-coil
+  shading differ between scanners and are smooth). A per-voxel factor shared by all phases
+  cancels in percent enhancement;
+* ``K``, one in-plane **unsharp-mask filter** (:mod:`harmonizers.sharpness`), fitted by
+  matching power spectra: scanners differ in sharpness, which neither ``f`` nor ``b`` can
+  change.
 
-The gain is the product of two factors, both computed in *normalized* units (each series
-divided by its own robust scale, see :func:`series_scale`, which removes the arbitrary
-per-exam receive gain):
-
-* a **monotone per-intensity transfer** ``f`` of the normalized pre-contrast value
-  ``x0``: a piecewise-linear increasing function with ``f(0) = 0`` (contrast between fat,
-  FGT and muscle, like a learned histogram map); its share of the gain is ``f(x0) / x0``;
-* a **smooth log-gain field** ``b`` predicted by a small CNN at a quarter of a fixed
-  physical working grid and upsampled bilinearly (B1+ and receive-coil shading differ
-  between scanners and field strengths and are smooth).
-
-Normalized output ``f(x0) * exp(b)``; in target units, times the target's mean scale.
-
-The networks see the pre-contrast resampled to a fixed in-plane working grid
-(``work_mm``), so a model trained on coarse simulated grids applies to any matrix: only
-the gain field is computed there; ``f`` acts on the full-resolution voxels.
+In target units, times the target's mean scale. The networks see the pre-contrast
+resampled to a fixed in-plane working grid (``work_mm``), so a model trained on coarse
+simulated grids applies to any matrix: only the gain field is computed there; ``f`` and
+``K`` act on the full-resolution voxels.
 """
 
 from __future__ import annotations
@@ -46,6 +43,7 @@ from torch import nn
 from harmonizers.acquisition import Acquisition
 from harmonizers.base import ModelError
 from harmonizers.domain import ScannerDomain
+from harmonizers.sharpness import UnsharpFilter
 
 # The transfer's knots span normalized values 0..X_MAX; the series scale puts breast tissue
 # near 1, so enhanced voxels (several times their pre-contrast) lie within or just beyond.
@@ -53,6 +51,9 @@ X_MAX = 4.0
 # The log-gain field is bounded to +-log(4): scanner shading differs by tens of percent, not
 # by orders of magnitude; the bound keeps an untrained or adversarially pushed net sane.
 MAX_LOG_GAIN = math.log(4.0)
+# Smoothing of the log-gain field, in quarter-resolution pixels: 2 is 8 working-grid pixels,
+# 28 mm at 3.5 mm, the scale of coil shading rather than of anatomy.
+SHADING_SIGMA = 2.0
 # Below this many working-grid pixels the quarter-resolution gain field has < 4 samples.
 MIN_WORK_PIXELS = 16
 # Pixel spacing coarser than this multiple of the working grid would be upsampled into
@@ -135,9 +136,29 @@ def log_gain_head(channels: int) -> nn.Conv2d:
 
 
 def bounded_log_gain(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bound the quarter-resolution log gain to +-MAX_LOG_GAIN, upsample to ``size``."""
+    """Bound the quarter-resolution log gain to +-MAX_LOG_GAIN, smooth it to coil-shading
+    scale (:func:`shading_blur`), upsample to ``size``."""
     bounded = MAX_LOG_GAIN * torch.tanh(raw / MAX_LOG_GAIN)
-    return F.interpolate(bounded, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(shading_blur(bounded), size=size, mode="bilinear",
+                         align_corners=False)
+
+
+def shading_blur(field: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur of a quarter-resolution (n, 1, h, w) field, sigma SHADING_SIGMA.
+
+    Without it the field can follow anatomy (a CNN sees where FGT is) and act as a second,
+    spatially varying contrast change (see the shading penalty in
+    :mod:`harmonizers.cyclegan`). B1+ and receive shading vary over several centimetres,
+    which the blur keeps. Edges are replicated so that the field does not fall toward zero
+    at the border.
+    """
+    radius = math.ceil(3 * SHADING_SIGMA)
+    taps = torch.arange(-radius, radius + 1, dtype=field.dtype, device=field.device)
+    kernel = torch.exp(-0.5 * (taps / SHADING_SIGMA) ** 2)
+    kernel = kernel / kernel.sum()
+    padded = F.pad(field, (radius, radius, radius, radius), mode="replicate")
+    across = F.conv2d(padded, kernel.reshape(1, 1, 1, -1))
+    return F.conv2d(across, kernel.reshape(1, 1, -1, 1))
 
 
 class PatchDiscriminator(nn.Module):
@@ -179,17 +200,16 @@ def monotone_transfer(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
     ``logits`` (..., K) give the K segment slopes over ``[0, X_MAX]`` through softplus, so
     every slope is positive and ``f`` is strictly increasing whatever the network
-    predicts. Beyond ``X_MAX`` ``f`` continues with its overall slope ``f(X_MAX) / X_MAX``
-    (as the histogram method does), so strong enhancement is neither clipped nor
-    amplified by the end segment. ``logits`` of shape (K,) apply to all of ``x``; of
-    shape (B, K) to ``x`` of shape (B, ...). Each voxel looks up its own segment (a
-    gather, not a sum over all K): O(1) memory per voxel, which matters at 512 x 512.
+    predicts. Beyond ``X_MAX`` ``f`` continues with its last segment's slope (as the
+    histogram method extrapolates its map), so strong enhancement is neither clipped nor
+    squashed. ``logits`` of shape (K,) apply to all of ``x``; of shape (B, K) to ``x`` of
+    shape (B, ...). Each voxel looks up its own segment (a gather, not a sum over all K):
+    O(1) memory per voxel, which matters at 512 x 512.
     """
     slopes = F.softplus(logits)
     knots = slopes.shape[-1]
     width = X_MAX / knots
     at_start = (torch.cumsum(slopes, -1) - slopes) * width  # f at each segment's start
-    overall = slopes.sum(-1) * width / X_MAX
     segment = torch.clamp(torch.floor(x / width), 0, knots - 1).long()
     if slopes.ndim == 1:
         slope, start = slopes[segment], at_start[segment]
@@ -197,20 +217,7 @@ def monotone_transfer(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         flat = segment.reshape(segment.shape[0], -1)
         slope = torch.gather(slopes, 1, flat).reshape(x.shape)
         start = torch.gather(at_start, 1, flat).reshape(x.shape)
-        overall = overall.reshape(-1, *([1] * (x.ndim - 1)))
-    inside = start + slope * (torch.clamp(x, max=X_MAX) - segment * width)
-    return inside + overall * F.relu(x - X_MAX)
-
-
-def transfer_ratio(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """``f(x) / x``, the transfer's share of the per-voxel gain; finite at ``x = 0``.
-
-    Below half the first segment ``f(x) / x`` is the first slope exactly, so clamping
-    ``x`` there changes nothing but avoids 0 / 0 in air.
-    """
-    floor = 0.5 * X_MAX / logits.shape[-1]
-    safe = torch.clamp(x, min=floor)
-    return monotone_transfer(safe, logits) / safe
+    return start + slope * (x - segment * width)
 
 
 # ------------------------------------------------------------------ structure keeping
@@ -329,9 +336,9 @@ def check_acquisition(acquisition: Acquisition, work_mm: float, method: str) -> 
 
 def work_stacks(
     pre_contrast: np.ndarray, scale: float, grid: WorkGrid
-) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
-    """Per chunk of slices ``z``: the normalized full-resolution slices (n, H, W) and
-    their 2.5D stacks on the working grid (n, 3, h, w), channels-last.
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Per chunk of slices ``z``: the normalized slices' 2.5D stacks on the working grid
+    (n, 3, h, w), channels-last.
 
     Each slice is resampled once (with one neighbour on either side of the chunk) and the
     stacks are built on the small grid; slab ends repeat their edge slice.
@@ -346,7 +353,7 @@ def work_stacks(
         triples = torch.stack([(index - 1).clamp(0, last), index,
                                (index + 1).clamp(max=last)], 1) - lo
         stacks = work[triples].contiguous(memory_format=torch.channels_last)
-        yield z, block[z.start - lo:z.stop - lo], stacks
+        yield z, stacks
 
 
 def to_work_grid(stack: torch.Tensor, grid: WorkGrid) -> torch.Tensor:
@@ -375,41 +382,42 @@ def work_volume(volume: np.ndarray, spacing_yx: tuple[float, float], work_mm: fl
 LogGain = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
 
 
-def harmonize_kinetic(
+def harmonize_phases(
     acquisition: Acquisition,
     *,
     method: str,
     work_mm: float,
     log_gain: LogGain,
     logits: torch.Tensor,
+    sharpening: UnsharpFilter,
     target_scale: float,
 ) -> np.ndarray:
-    """Apply a predicted per-voxel gain to every phase (the shared inference path).
+    """Apply one learned mapping to every phase (the shared inference path).
 
-    ``log_gain(stacks, size)`` maps (n, 3, h, w) working-grid stacks to the (n, 1, *size)
-    log-gain field; ``logits`` are the transfer's. Per chunk of slices the normalized gain
-    ``f(x0) / x0 * exp(b)`` is computed once and every phase is multiplied by it, so
-    percent enhancement is kept. Then one factor for the whole series sets its level: the
+    ``log_gain(stacks, size)`` maps (n, 3, h, w) working-grid stacks of the pre-contrast to
+    the (n, 1, *size) log-gain field; ``logits`` are the transfer's. Per chunk of slices the
+    gain field is computed once, and every phase becomes ``f(x[p]) * exp(b)``, then
+    ``sharpening`` filters it. Then one factor for the whole series sets its level: the
     harmonized pre-contrast's :func:`series_scale` becomes ``target_scale``, the target's
     mean. The networks shape contrast and shading; the level is a statistic of the target
     series, which adversarial training leaves free to drift (on the virtual scanner the
-    style mapper's output drifted about 18 % dark before this step). A single factor
-    keeps percent enhancement too. Negative inputs (a negative rescale intercept) are
-    clipped to 0 first, as magnitude images are non-negative. Memory: the output plus a
-    few slices of temporaries.
+    style mapper's output drifted about 18 % dark before this step). Negative values (a
+    negative rescale intercept, a sharpened edge) are clipped to 0, as magnitude images are
+    non-negative. Memory: the output plus a few slices of temporaries.
     """
     grid = check_acquisition(acquisition, work_mm, method)
     scale = series_scale(acquisition.pre_contrast)
     out = np.empty(acquisition.pixels.shape, dtype=np.float32)
     size = (acquisition.pixels.shape[2], acquisition.pixels.shape[3])
     with torch.inference_mode():
-        for z, pre, stacks in work_stacks(acquisition.pre_contrast, scale, grid):
-            gain = transfer_ratio(pre, logits) * torch.exp(log_gain(stacks, size)[:, 0])
-            g = gain.numpy()
+        for z, stacks in work_stacks(acquisition.pre_contrast, scale, grid):
+            field = torch.exp(log_gain(stacks, size)[:, 0])
             for phase in range(acquisition.n_phases):
+                voxels = torch.from_numpy(np.maximum(acquisition.pixels[phase, z], 0.0))
                 target = out[phase, z]
-                np.maximum(acquisition.pixels[phase, z], 0.0, out=target)
-                target *= g
+                target[...] = (monotone_transfer(voxels / scale, logits) * field).numpy()
+                sharpening.apply_(target)
+                np.maximum(target, 0.0, out=target)
     out *= np.float32(target_scale / series_scale(out[0]))
     return out
 
@@ -474,8 +482,11 @@ def pooled_tissue_quantiles(volumes: Sequence[np.ndarray]) -> np.ndarray:
     """QUANTILE_LEVELS percentiles of the tissue voxels of normalized volumes, pooled.
 
     Non-decreasing; for volumes with no tissue, a plausible default (the identity match).
+    Above ``_SCALE_SAMPLE`` tissue voxels an even subsample is used: a 512 x 512 series
+    has millions, and sorting them all cost more than the networks at run time.
     """
     values = np.concatenate([v[v > TISSUE_LEVEL].ravel() for v in volumes])
+    values = values[:: max(1, values.size // _SCALE_SAMPLE)]
     if values.size == 0:
         return QUANTILE_LEVELS / 50.0
     return np.maximum.accumulate(np.percentile(values, QUANTILE_LEVELS))
@@ -485,25 +496,32 @@ def match_logits(source_q: np.ndarray, target_q: np.ndarray, knots: int) -> np.n
     """Transfer logits (float32) whose ``f`` maps source tissue quantiles onto the target's.
 
     Histogram matching as in Nyúl–Udupa standardization, anchored at ``f(0) = 0`` and
-    continued past the last quantile with the overall slope; slopes are held in
+    continued past the last quantile, as the histogram method continues its map, with the
+    slope from the first to the last quantile: enhanced voxels (beyond the pre-contrast
+    quantiles) are mapped as tissue is, not rescaled through the origin. Slopes are held in
     [0.05, 20] so that the logits stay finite.
     """
     x = np.concatenate([[0.0], source_q])
     y = np.concatenate([[0.0], target_q])
     edges = np.linspace(0.0, X_MAX, knots + 1)
     f = np.interp(edges, x, y)
+    tissue_slope = (y[-1] - y[1]) / max(x[-1] - x[1], 1e-6)
     beyond = edges > x[-1]
-    f[beyond] = y[-1] + (edges[beyond] - x[-1]) * (y[-1] / x[-1])
+    f[beyond] = y[-1] + (edges[beyond] - x[-1]) * tissue_slope
     slopes = np.clip(np.diff(f) / (X_MAX / knots), 0.05, 20.0)
     return np.log(np.expm1(slopes)).astype(np.float32)
 
 
-def quantile_logits(source: list[np.ndarray], target: list[np.ndarray], knots: int
-                    ) -> torch.Tensor:
-    """Transfer logits matching the pooled tissue histograms of two sets of volumes.
+def native_tissue_quantiles(pre_contrasts: Sequence[np.ndarray]) -> np.ndarray:
+    """:func:`pooled_tissue_quantiles` of pre-contrast volumes at their own resolution.
 
-    The CycleGAN's warm start: adversarial training then refines what a global
-    histogram match cannot see (local shading, the B1+ step).
+    The transfer acts on full-resolution voxels at inference, so its histogram match is
+    made there: resampling to the working grid smooths the bright tail (the target's
+    sharper FGT most), and a match made on the working grid maps enhanced tissue too low.
     """
-    return torch.from_numpy(match_logits(pooled_tissue_quantiles(source),
-                                         pooled_tissue_quantiles(target), knots))
+    return pooled_tissue_quantiles([normalized(v) for v in pre_contrasts])
+
+
+def normalized(volume: np.ndarray) -> np.ndarray:
+    """A pre-contrast volume in normalized units: negatives clipped, divided by its scale."""
+    return np.maximum(volume, 0.0) / np.float32(series_scale(volume))

@@ -7,9 +7,10 @@ StyleMapper applied this idea to breast MRI harmonization: a style encoder reads
 few images of the target scanner, so a trained model can map to a scanner it never saw by
 being shown some of its images.
 
-Here, as in :mod:`harmonizers.cyclegan`, the decoder does not synthesize pixels. From the
-pre-contrast (2.5D) it predicts a per-voxel gain that is applied to every phase, so each
-voxel's percent-enhancement curve is kept exactly (see :mod:`harmonizers.nets`):
+Here, as in :mod:`harmonizers.cyclegan`, the decoder does not synthesize pixels: every
+phase goes through one monotone transfer, one smooth gain field predicted from the
+pre-contrast (2.5D) and one sharpening filter, so one mapping serves every phase (see
+:mod:`harmonizers.nets`):
 
 * the **smooth log-gain field** comes from the content code, decoded by AdaIN residual
   blocks whose parameters an MLP computes from the *target* style code;
@@ -17,7 +18,10 @@ voxel's percent-enhancement curve is kept exactly (see :mod:`harmonizers.nets`):
   input series' own tissue quantiles to the target style's, plus a correction of its
   slopes that an MLP computes from the *source* style code (the input series' own) and the
   *target* style code: the contrast change depends on where the series comes from and
-  where it goes.
+  where it goes;
+* the **sharpening** filter brings the power spectrum of the model's output on its
+  training source to the style reference's (:mod:`harmonizers.sharpness`); the model keeps
+  that output spectrum, so a new style reference refits the filter.
 
 A series' style is its style code (mean over up to 12 slices) and its tissue quantiles.
 Training is multi-domain: each step picks a source and a target series per batch item from
@@ -27,11 +31,11 @@ MLP predict the whole transfer; in CPU-sized trainings the style codes of differ
 scanners stayed too alike for it to leave the identity, hence the explicit match.)
 
 Target style at run time: the weights file holds a *style reference*, the target style
-code, tissue quantiles and mean series scale computed from target-scanner series when the
-model was made (so the node needs no images). :meth:`StyleMapperHarmonizer.restyled` computes a
-new reference from other target-scanner acquisitions, for a scanner the model did not see
-in training, and returns a harmonizer that maps there; saved, it is a new model folder
-with its own SHA-256.
+code, tissue quantiles, mean series scale and sharpening computed from target-scanner
+series when the model was made (so the node needs no images).
+:meth:`StyleMapperHarmonizer.restyled` computes a new reference from other target-scanner
+acquisitions, for a scanner the model did not see in training, and returns a harmonizer
+that maps there; saved, it is a new model folder with its own SHA-256.
 """
 
 from __future__ import annotations
@@ -59,18 +63,21 @@ from harmonizers.nets import (
     bounded_log_gain,
     check_acquisition,
     conv,
-    harmonize_kinetic,
+    harmonize_phases,
     log_gain_head,
     log_l1,
     lsgan,
     match_logits,
     monotone_transfer,
     mutual_information,
+    native_tissue_quantiles,
+    normalized,
     pooled_tissue_quantiles,
     series_scale,
     to_log,
     work_volume,
 )
+from harmonizers.sharpness import RADIAL_BINS, UnsharpFilter, fit_unsharp, radial_log_spectrum
 from harmonizers.training import (
     Trainer,
     TrainingConfig,
@@ -203,13 +210,17 @@ def style_slices(normalized: np.ndarray) -> np.ndarray:
 def series_style(style: StyleEncoder, pre_contrast: np.ndarray, spacing_yx: tuple[float, float],
                  work_mm: float) -> tuple[torch.Tensor, np.ndarray]:
     """One series' style: the mean style code (style_dim,) and the tissue quantiles of its
-    style slices, from its pre-contrast (z, y, x) in native units."""
-    normalized = np.maximum(pre_contrast, 0.0) / np.float32(series_scale(pre_contrast))
-    picked = np.ascontiguousarray(normalized[_style_slices(len(normalized))])
-    work = work_volume(picked, spacing_yx, work_mm)
+    style slices, from its pre-contrast (z, y, x) in native units.
+
+    The code is read on the working grid, as in training; the quantiles at the series' own
+    resolution, where the transfer acts at run time (see
+    :func:`~harmonizers.nets.native_tissue_quantiles`).
+    """
+    picked = np.ascontiguousarray(pre_contrast[_style_slices(len(pre_contrast))])
+    work = work_volume(normalized(picked), spacing_yx, work_mm)
     with torch.inference_mode():
         code = style(torch.from_numpy(work)[:, None]).mean(0)
-    return code, pooled_tissue_quantiles([work])
+    return code, native_tissue_quantiles([picked])
 
 
 class _StyleTrainer(Trainer):
@@ -303,12 +314,15 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
     """A trained style mapper plus the style reference of the target scanner it maps to.
 
     ``target_style`` (style_dim,), ``target_quantiles`` (the target's normalized tissue
-    quantiles at :data:`~harmonizers.nets.QUANTILE_LEVELS`) and ``target_scale`` (its mean
-    series scale in its own units) are the style reference; see :meth:`restyled`.
+    quantiles at :data:`~harmonizers.nets.QUANTILE_LEVELS`), ``target_scale`` (its mean
+    series scale in its own units) and ``sharpening`` are the style reference; see
+    :meth:`restyled`. ``source_spectrum`` is the radial log spectrum of the model's
+    unsharpened output on its training source, from which :meth:`restyled` fits the
+    sharpening (None: no sharpening).
     """
 
     method: ClassVar[str] = "stylemapper"
-    format_version: ClassVar[int] = 1
+    format_version: ClassVar[int] = 2
 
     def __init__(
         self,
@@ -318,6 +332,8 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
         target_style: torch.Tensor,
         target_quantiles: np.ndarray,
         target_scale: float,
+        sharpening: UnsharpFilter | None = None,
+        source_spectrum: np.ndarray | None = None,
         source_domain: ScannerDomain | None = None,
         target_domain: ScannerDomain | None = None,
         training: dict[str, Any] | None = None,
@@ -331,11 +347,16 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
                 or quantiles[0] <= 0 or np.any(np.diff(quantiles) < 0)):
             raise ValueError(f"target_quantiles must be {QUANTILE_LEVELS.size} positive, "
                              "non-decreasing values")
+        if source_spectrum is not None:
+            source_spectrum = np.asarray(source_spectrum, dtype=np.float64)
+            if source_spectrum.shape != (RADIAL_BINS,) or not np.isfinite(source_spectrum).all():
+                raise ValueError(f"source_spectrum must be {RADIAL_BINS} finite values")
         super().__init__(generator=generator, work_mm=work_mm, target_scale=target_scale,
-                         source_domain=source_domain, target_domain=target_domain,
-                         training=training)
+                         sharpening=sharpening, source_domain=source_domain,
+                         target_domain=target_domain, training=training)
         self.target_style = target_style
         self.target_quantiles = quantiles
+        self.source_spectrum = source_spectrum
 
     @classmethod
     def fit(
@@ -377,16 +398,19 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
                       "domains": [_side_name(side) for side in sides],
                       "series": [len(side) for side in sides]},
         )
-        return untargeted.restyled(target)
+        return untargeted.restyled(target, source=source)
 
     def restyled(self, references: Sequence[Acquisition],
-                 source_domain: ScannerDomain | None = None) -> Self:
+                 source_domain: ScannerDomain | None = None,
+                 source: Sequence[Acquisition] = ()) -> Self:
         """This model mapping to the scanner of ``references`` (one domain, any number of
         series; one may do): their mean style code, mean tissue quantiles and mean scale
-        become the reference.
+        become the reference, and the sharpening is refitted to their spectrum.
 
         ``source_domain`` optionally re-labels which scanner the model is used for (the
-        style encoder reads the input's own style, so a model serves any source).
+        style encoder reads the input's own style, so a model serves any source);
+        ``source``, series of that scanner, re-measures the output spectrum the sharpening
+        is fitted from (otherwise the one kept from training is used).
         """
         target_domain = common_domain(references, "style reference")
         styles, quantiles, scales = [], [], []
@@ -397,16 +421,23 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
             styles.append(code)
             quantiles.append(q)
             scales.append(series_scale(acq.pre_contrast))
-        return type(self)(
+        model = type(self)(
             generator=self.generator,
             work_mm=self.work_mm,
             target_style=torch.stack(styles).mean(0),
             target_quantiles=np.mean(quantiles, axis=0),
             target_scale=float(np.mean(scales)),
+            source_spectrum=self.source_spectrum,
             source_domain=source_domain or self.source_domain,
             target_domain=target_domain,
             training={**self.training, "style_reference_series": len(references)},
         )
+        if source:
+            model.source_spectrum = model.output_spectrum(source)
+        if model.source_spectrum is None:
+            return model
+        target_spectrum = radial_log_spectrum([acq.pre_contrast for acq in references])
+        return model.with_sharpening(fit_unsharp(model.source_spectrum, target_spectrum))
 
     def _harmonize(self, acquisition: Acquisition) -> np.ndarray:
         check_acquisition(acquisition, self.work_mm, self.method)
@@ -423,9 +454,9 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
         def log_gain(stacks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
             return gen.log_gain(stacks, target.expand(stacks.shape[0], -1), size)
 
-        return harmonize_kinetic(acquisition, method=self.method, work_mm=self.work_mm,
-                                 log_gain=log_gain, logits=logits,
-                                 target_scale=self.target_scale)
+        return harmonize_phases(acquisition, method=self.method, work_mm=self.work_mm,
+                                log_gain=log_gain, logits=logits, sharpening=self.sharpening,
+                                target_scale=self.target_scale)
 
     def _architecture(self) -> dict[str, Any]:
         gen = self.generator
@@ -446,6 +477,8 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
             "target_style": self.target_style,
             "target_quantiles": torch.from_numpy(self.target_quantiles),
             "target_scale": self.target_scale,
+            "source_spectrum": (None if self.source_spectrum is None
+                                else torch.from_numpy(self.source_spectrum)),
         }
 
     @classmethod
@@ -454,6 +487,8 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
             "target_style": weights["target_style"],
             "target_quantiles": np.asarray(weights["target_quantiles"]),
             "target_scale": float(weights["target_scale"]),
+            "source_spectrum": (None if weights["source_spectrum"] is None
+                                else np.asarray(weights["source_spectrum"])),
         }
 
 

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             base = load_model_folder(StyleMapperHarmonizer, folder.name, root=folder.parent)
             assert isinstance(base.harmonizer, StyleMapperHarmonizer)
             harmonizer: Harmonizer = base.harmonizer.restyled(
-                target, source_domain=source[0].domain)
+                target, source_domain=source[0].domain, source=source)
         else:
             harmonizer = _fit(args, source, target, others)
         extra = "".join(f"; other: {f} ({len(o)} acquisitions)"

@@ -23,7 +23,13 @@ from torch import nn
 from tqdm import tqdm
 
 from harmonizers.acquisition import Acquisition
-from harmonizers.nets import TISSUE_LEVEL, check_acquisition, series_scale, work_volume
+from harmonizers.nets import (
+    TISSUE_LEVEL,
+    check_acquisition,
+    normalized,
+    series_scale,
+    work_volume,
+)
 
 _CHECKPOINT_VERSION = 1
 
@@ -209,8 +215,6 @@ def prepare_volumes(
     volumes, scales = [], []
     for acq in acquisitions:
         check_acquisition(acq, work_mm, method)
-        scale = series_scale(acq.pre_contrast)
-        normalized = np.maximum(acq.pre_contrast, 0.0) / np.float32(scale)
-        volumes.append(work_volume(normalized, acq.spacing_mm[1:], work_mm))
-        scales.append(scale)
+        volumes.append(work_volume(normalized(acq.pre_contrast), acq.spacing_mm[1:], work_mm))
+        scales.append(series_scale(acq.pre_contrast))
     return volumes, scales
