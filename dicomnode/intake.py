@@ -31,6 +31,18 @@ _INTAKE_TAGS = [*map(Tag, ["SpecificCharacterSet", *CHECKED_TAGS]), *EXPECTED_CO
 
 
 @dataclass(frozen=True)
+class Examined:
+    """What intake reads of one instance: its verdict, UIDs and expected series count."""
+
+    verdict: Verdict
+    sop_instance_uid: str | None
+    sop_class_uid: str | None
+    study_uid: str | None
+    series_uid: str | None
+    expected: int | None
+
+
+@dataclass(frozen=True)
 class Registered:
     """The ledger row an instance got, and the status its sender hears."""
 
@@ -38,20 +50,14 @@ class Registered:
     verdict: Verdict
 
 
-def register(
-    ledger: Ledger,
-    path: Path,
-    data: bytes,
-    calling_ae: str,
-    peer: str,
-    sop_instance_uid: str | None = None,
-    sop_class_uid: str | None = None,
-) -> Registered:
-    """Check a spooled instance and add its ledger row.
+def examine(
+    data: bytes, sop_instance_uid: str | None = None, sop_class_uid: str | None = None
+) -> Examined:
+    """Check an instance's bytes (DICOM file format) against its C-STORE request.
 
-    ``sop_instance_uid`` and ``sop_class_uid`` are the C-STORE request's Affected SOP
-    Instance and Class UIDs, which the data set must match. A rejected instance is filed
-    under no study, with the reason, and is quarantined on its own.
+    ``sop_instance_uid`` and ``sop_class_uid`` are the request's Affected SOP Instance and
+    Class UIDs, which the data set must match. Only reads ``data``, so the network runs it
+    while the same bytes are being fsynced.
     """
     expected = None
     ds: Dataset
@@ -64,19 +70,51 @@ def register(
         ds = Dataset()
         verdict = Verdict(STATUS_CANNOT_UNDERSTAND, f"malformed DICOM: {exc}")
     accepted = verdict.accepted
-    instance_id = ledger.add_instance(
-        path=str(path),
+    return Examined(
+        verdict=verdict,
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")) or sop_instance_uid,
         sop_class_uid=str(ds.get("SOPClassUID", "")) or sop_class_uid,
         study_uid=str(ds.StudyInstanceUID) if accepted else None,
         series_uid=str(ds.SeriesInstanceUID) if accepted else None,
-        calling_ae=calling_ae,
-        peer=peer,
-        size=len(data),
-        parse_error=verdict.reason,
         expected=expected if accepted else None,
     )
-    return Registered(instance_id, verdict)
+
+
+def record(
+    ledger: Ledger, path: Path, examined: Examined, calling_ae: str, peer: str, size: int
+) -> Registered:
+    """Add the ledger row of a spooled, examined instance.
+
+    A rejected instance is filed under no study, with the reason, and is quarantined on its
+    own.
+    """
+    instance_id = ledger.add_instance(
+        path=str(path),
+        sop_instance_uid=examined.sop_instance_uid,
+        sop_class_uid=examined.sop_class_uid,
+        study_uid=examined.study_uid,
+        series_uid=examined.series_uid,
+        calling_ae=calling_ae,
+        peer=peer,
+        size=size,
+        parse_error=examined.verdict.reason,
+        expected=examined.expected,
+    )
+    return Registered(instance_id, examined.verdict)
+
+
+def register(
+    ledger: Ledger,
+    path: Path,
+    data: bytes,
+    calling_ae: str,
+    peer: str,
+    sop_instance_uid: str | None = None,
+    sop_class_uid: str | None = None,
+) -> Registered:
+    """Check a spooled instance and add its ledger row (:func:`examine`, then :func:`record`)."""
+    examined = examine(data, sop_instance_uid, sop_class_uid)
+    return record(ledger, path, examined, calling_ae, peer, len(data))
 
 
 def _sending_ae(path: Path) -> str:

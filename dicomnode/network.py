@@ -18,26 +18,32 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, field
 from io import BytesIO
+from pathlib import Path
 
-from pynetdicom import AE, evt
+from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+from structlog.typing import FilteringBoundLogger
 
 from dicomnode.config import NodeConfig
-from dicomnode.intake import register
+from dicomnode.intake import examine, record
 from dicomnode.ledger import Ledger
 from dicomnode.logs import get_logger
 from dicomnode.metrics import MIB, NodeMetrics, free_disk_mb
 from dicomnode.security import CallerPolicy, server_context
-from dicomnode.spool import Spool
+from dicomnode.spool import PartialFile, Spool
 
 # Uncompressed and the lossless/lossy compressed syntaxes scanners and PACS send. pynetdicom's
 # default storage contexts accept only the uncompressed ones (shared/reference/peers.md).
@@ -145,8 +151,54 @@ class Admission:
                      called_ae=request.called_ae_title, peer=_peer(assoc), rejection=rsd)
 
 
+@dataclass
+class _Arrival:
+    """One C-STORE data set from the moment its last fragment arrived: refused, or on its
+    way to the spool (``data``, the file's bytes, being written by ``written``)."""
+
+    dataset: BytesIO  # pynetdicom's buffer: its identity ties the request to its arrival
+    refusal: str | None = None
+    facts: dict[str, object] = field(default_factory=dict)
+    data: bytes = b""
+    written: Future[Path] | None = None
+
+
+@dataclass
+class _Session:
+    """One association's requests under way (by their data set's id) and its next spool
+    file, made while the sender sends."""
+
+    arrivals: dict[int, _Arrival] = field(default_factory=dict)
+    spare: Future[PartialFile] | None = None
+
+    def release(self, log: FilteringBoundLogger) -> None:
+        """Remove the unused spool file and the files of requests never answered: their
+        senders heard no Success, so the files must not be recovered as received."""
+        if self.spare is not None:
+            with suppress(Exception):  # not made: nothing to remove
+                self.spare.result().release()
+        for arrival in self.arrivals.values():
+            if arrival.written is None:
+                continue
+            try:
+                path = arrival.written.result()
+            except Exception:  # noqa: BLE001 - nothing was written
+                continue
+            path.unlink(missing_ok=True)
+            log.warning("instance_abandoned", path=str(path))
+
+
 class StoreHandler:
-    """C-STORE: limits, spool, ledger, then Success; anything else is out of resources."""
+    """C-STORE: limits, spool, ledger, then Success; anything else is out of resources.
+
+    The durable write starts in pynetdicom's DUL thread as soon as the last P-DATA fragment
+    of a request is in (EVT_DIMSE_RECV, :meth:`on_received`), into a spool file made while
+    the sender was sending, and runs in a pool while pynetdicom's association reactor, which
+    looks for complete messages once a millisecond, picks the request up. The C-STORE
+    handler (:meth:`__call__`) checks the instance while the file is being fsynced, then
+    waits for the write, adds the ledger row and answers: Success still only once the file
+    and its folder entry are fsynced and the row is committed.
+    """
 
     def __init__(
         self, config: NodeConfig, spool: Spool, ledger: Ledger, metrics: NodeMetrics | None = None
@@ -156,11 +208,99 @@ class StoreHandler:
         self.metrics = metrics
         self.max_instance_bytes = config.admission.max_instance_mb * MIB
         self.min_free_disk_mb = config.admission.min_free_disk_mb
+        # A write and the next spool file, one instance at a time per association.
+        self._pool = ThreadPoolExecutor(2 * config.admission.max_associations,
+                                        thread_name_prefix=f"{config.ae_title}-intake")
+        self._lock = threading.Lock()
+        self._sessions: dict[Association, _Session] = {}
+        self._closing = False
+
+    def close(self) -> None:
+        """Finish the writes under way, stop the pool, and release what is left."""
+        with self._lock:
+            self._closing = True
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            left, self._sessions = self._sessions, {}
+        for session in left.values():
+            session.release(get_logger())
+
+    def on_opened(self, event: Event) -> None:
+        """EVT_CONN_OPEN: keep track of the association's requests from now on."""
+        with self._lock:
+            self._sessions[event.assoc] = _Session()
+
+    def on_closed(self, event: Event) -> None:
+        """EVT_CONN_CLOSE: release what the association left."""
+        with self._lock:
+            session = self._sessions.pop(event.assoc, None)
+        if session is not None:
+            session.release(get_logger(peer=_peer(event.assoc)))
 
     def _refuse(self, reason: str) -> int:
         if self.metrics is not None:
             self.metrics.instance_refused(reason)
         return STATUS_OUT_OF_RESOURCES
+
+    def on_received(self, event: Event) -> None:
+        """EVT_DIMSE_RECV, in the DUL thread: admit a complete C-STORE request and start it."""
+        message = event.message
+        if not isinstance(message, C_STORE_RQ) or not isinstance(message.data_set, BytesIO):
+            return
+        assoc = event.assoc
+        context = next((cx for cx in assoc.accepted_contexts
+                        if cx.context_id == message.context_id), None)
+        if context is None:
+            return  # pynetdicom aborts the association: no such context
+        command = message.command_set
+        arrival = self._admit(assoc, message.data_set, str(command.AffectedSOPClassUID),
+                              str(command.AffectedSOPInstanceUID), context.transfer_syntax[0])
+        with self._lock:
+            session = self._sessions.get(assoc)
+            if session is not None:
+                session.arrivals[id(message.data_set)] = arrival
+
+    def _admit(
+        self, assoc: Association, dataset: BytesIO, sop_class: str, sop_uid: str,
+        transfer_syntax: str,
+    ) -> _Arrival:
+        size = dataset.getbuffer().nbytes
+        if size > self.max_instance_bytes:
+            return _Arrival(dataset, "too_large",
+                            {"size": size, "max_instance_bytes": int(self.max_instance_bytes)})
+        free = free_disk_mb(self.spool.root)
+        if free - size / MIB < self.min_free_disk_mb:
+            # Refuse before the disk is full: the ledger and the jobs' outputs need room too.
+            return _Arrival(dataset, "low_disk", {"free_disk_mb": round(free, 1),
+                                                  "min_free_disk_mb": self.min_free_disk_mb})
+        data = _as_file(assoc, dataset, sop_class, sop_uid, transfer_syntax)
+        with self._lock:
+            session = self._sessions.get(assoc)
+            spare = session.spare if session is not None else None
+            if session is not None:
+                session.spare = None
+        return _Arrival(dataset, data=data,
+                        written=self._pool.submit(self._write, assoc, spare, data))
+
+    def _write(
+        self, assoc: Association, spare: Future[PartialFile] | None, data: bytes
+    ) -> Path:
+        """In the pool: the durable write, then the association's next spool file."""
+        path = (spare.result() if spare is not None else self.spool.reserve()).commit(data)
+        with self._lock:
+            session = self._sessions.get(assoc)
+            if session is not None and session.spare is None and not self._closing:
+                session.spare = self._pool.submit(self.spool.reserve)
+        return path
+
+    def _take(self, event: Event, dataset: BytesIO, sop_class: str, sop_uid: str) -> _Arrival:
+        """The request's arrival; admitted here if EVT_DIMSE_RECV did not see it."""
+        with self._lock:
+            session = self._sessions.get(event.assoc)
+            arrival = session.arrivals.pop(id(dataset), None) if session is not None else None
+        if arrival is not None and arrival.dataset is dataset:
+            return arrival
+        return self._admit(event.assoc, dataset, sop_class, sop_uid, event.context.transfer_syntax)
 
     def __call__(self, event: Event) -> int:
         requestor = event.assoc.requestor
@@ -169,28 +309,25 @@ class StoreHandler:
         sop_uid = str(request.AffectedSOPInstanceUID)
         log = get_logger(calling_ae=requestor.ae_title, peer=_peer(event.assoc),
                          sop_instance_uid=sop_uid)
-        size = request.DataSet.getbuffer().nbytes
-        if size > self.max_instance_bytes:
-            log.warning("instance_too_large", size=size,
-                        max_instance_bytes=int(self.max_instance_bytes))
+        arrival = self._take(event, request.DataSet, str(request.AffectedSOPClassUID), sop_uid)
+        if arrival.refusal == "too_large":
+            log.warning("instance_too_large", **arrival.facts)
             return self._refuse("too_large")
-        free = free_disk_mb(self.spool.root)
-        if free - size / MIB < self.min_free_disk_mb:
-            # Refuse before the disk is full: the ledger and the jobs' outputs need room too.
-            log.error("disk_low", free_disk_mb=round(free, 1),
-                      min_free_disk_mb=self.min_free_disk_mb)
+        if arrival.refusal == "low_disk":
+            log.error("disk_low", **arrival.facts)
             return self._refuse("low_disk")
+        assert arrival.written is not None
+        # The checks run while the worker waits on the disk (it needs the GIL only between
+        # its system calls).
+        examined = examine(arrival.data, sop_uid, str(request.AffectedSOPClassUID))
         try:
-            data = _as_file(event)
-            path = self.spool.store(data)
+            path = arrival.written.result()
         except Exception as exc:  # noqa: BLE001 - never answer Success for an unwritten file
             log.error("spool_write_failed", error=str(exc))
             return self._refuse("spool_write_failed")
         try:
-            registered = register(
-                self.ledger, path, data, requestor.ae_title, _peer(event.assoc),
-                sop_uid, str(request.AffectedSOPClassUID),
-            )
+            registered = record(self.ledger, path, examined, requestor.ae_title,
+                                _peer(event.assoc), len(arrival.data))
         except Exception as exc:  # noqa: BLE001
             path.unlink(missing_ok=True)
             log.error("ledger_write_failed", error=str(exc))
@@ -205,18 +342,48 @@ class StoreHandler:
             return verdict.status
         log.debug("instance_stored", instance_id=registered.instance_id, path=str(path))
         if self.metrics is not None:
-            self.metrics.instance_received(requestor.ae_title, len(data))
+            self.metrics.instance_received(requestor.ae_title, len(arrival.data))
         return STATUS_SUCCESS
 
 
-def _as_file(event: Event) -> bytes:
-    """The instance as received, in the DICOM file format, with who sent it to whom."""
-    meta = event.file_meta
-    meta.SendingApplicationEntityTitle = event.assoc.requestor.ae_title
-    meta.ReceivingApplicationEntityTitle = event.assoc.acceptor.ae_title
-    request = event.request
-    assert isinstance(request, C_STORE) and isinstance(request.DataSet, BytesIO)
-    return b"".join((b"\0" * 128, b"DICM", encode_file_meta(meta), request.DataSet.getvalue()))
+def _as_file(
+    assoc: Association, dataset: BytesIO, sop_class: str, sop_uid: str, transfer_syntax: str
+) -> bytes:
+    """The instance as received, in the DICOM file format, with who sent it to whom.
+
+    The File Meta Information (PS3.10 7.1, Table 7.1-1) is encoded here rather than with
+    pydicom, which takes a quarter of a millisecond per instance on the way to the fsync.
+    """
+    elements = b"".join((
+        _meta_element(0x0001, b"OB", b"\x00\x01"),
+        _meta_element(0x0002, b"UI", _uid_value(sop_class)),
+        _meta_element(0x0003, b"UI", _uid_value(sop_uid)),
+        _meta_element(0x0010, b"UI", _uid_value(transfer_syntax)),
+        _meta_element(0x0012, b"UI", _uid_value(PYNETDICOM_IMPLEMENTATION_UID)),
+        _meta_element(0x0013, b"SH", _text_value(PYNETDICOM_IMPLEMENTATION_VERSION)),
+        _meta_element(0x0017, b"AE", _text_value(assoc.requestor.ae_title)),
+        _meta_element(0x0018, b"AE", _text_value(assoc.acceptor.ae_title)),
+    ))
+    group_length = _meta_element(0x0000, b"UL", struct.pack("<I", len(elements)))
+    return b"".join((b"\0" * 128, b"DICM", group_length, elements, dataset.getbuffer()))
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    """One group 0002 element, Explicit VR Little Endian (PS3.5 7.1.2): OB has a reserved
+    field and a 4-byte length, the other VRs here a 2-byte length."""
+    if vr == b"OB":
+        return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _uid_value(uid: str) -> bytes:
+    value = uid.encode("ascii", "replace")
+    return value + b"\0" * (len(value) % 2)  # UI pads to even length with NUL (PS3.5 6.2)
+
+
+def _text_value(text: str) -> bytes:
+    value = text.encode("ascii", "replace")
+    return value + b" " * (len(value) % 2)  # SH and AE pad with a space (PS3.5 6.2)
 
 
 def _log_association(event: Event) -> None:
@@ -245,6 +412,7 @@ class NodeServer(ThreadedAssociationServer):
 
     metrics: NodeMetrics | None = None
     thread: threading.Thread | None = None
+    store: StoreHandler | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
@@ -281,6 +449,12 @@ class NodeServer(ThreadedAssociationServer):
         wrapped.settimeout(None)
         return wrapped
 
+    def shutdown(self) -> None:
+        """Stop accepting and close every association, then let the spool writes finish."""
+        super().shutdown()
+        if self.store is not None:
+            self.store.close()
+
     def is_serving(self) -> bool:
         """Whether the accept loop is running: /healthz reports the SCP down otherwise."""
         return self.thread is not None and self.thread.is_alive()
@@ -304,11 +478,15 @@ def start_server(
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+    store = StoreHandler(config, spool, ledger, metrics)
     handlers: list[EventHandlerType] = [
         (evt.EVT_CONN_OPEN, set_nodelay),
+        (evt.EVT_CONN_OPEN, store.on_opened),
         (evt.EVT_REQUESTED, admission.on_requested),
         (evt.EVT_REJECTED, admission.on_rejected),
-        (evt.EVT_C_STORE, StoreHandler(config, spool, ledger, metrics)),
+        (evt.EVT_DIMSE_RECV, store.on_received),
+        (evt.EVT_C_STORE, store),
+        (evt.EVT_CONN_CLOSE, store.on_closed),
         (evt.EVT_ESTABLISHED, _log_association),
         (evt.EVT_RELEASED, _log_association),
         (evt.EVT_ABORTED, _log_association),
@@ -320,6 +498,7 @@ def start_server(
     )
     assert isinstance(server, NodeServer)
     server.metrics = metrics
+    server.store = store
     # What AE.start_server(block=False) does, with our server class: a daemon accept thread,
     # and the server listed on the AE so that its shutdown() finds it.
     server.thread = threading.Thread(

@@ -1,18 +1,25 @@
 """The SCP in-process: Success only once the instance is on disk and in the ledger."""
 
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+from pydicom import Dataset, dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta, encode, encode_file_meta
+from structlog.testing import capture_logs
 
 from dicomnode.intake import recover_spool
 from dicomnode.ledger import Ledger
-from dicomnode.network import STATUS_OUT_OF_RESOURCES
+from dicomnode.network import STATUS_OUT_OF_RESOURCES, _as_file
 from dicomnode.validation import STATUS_DOES_NOT_MATCH_SOP_CLASS
-from tests.peers import in_process_node, mr_instance, store_one
+from tests.peers import in_process_node, mr_instance, request_association, store_one, wait_for
 
 
 @pytest.fixture
@@ -71,3 +78,77 @@ def test_a_spool_file_without_ledger_row_is_recovered(
     assert (instance.path, instance.calling_ae) == (str(stored), "SCANNER")
     assert not list(spool_root.rglob("*.partial"))
     assert recover_spool(spool_root, fresh) == 0
+
+
+def test_the_file_meta_is_encoded_as_pydicom_encodes_it() -> None:
+    """The node encodes the File Meta Information itself (it is on the way to the fsync);
+    the bytes must be pydicom's, AE titles included, for odd and even lengths (PS3.10 7.1)."""
+    for sop_uid, calling, called in (("1.2.3", "SCANNER", "NODE"), ("1.23", "CT01", "DICOMNODE")):
+        meta = create_file_meta(sop_class_uid=MRImageStorage, sop_instance_uid=UID(sop_uid),
+                                transfer_syntax=ExplicitVRLittleEndian)
+        meta.SendingApplicationEntityTitle = calling
+        meta.ReceivingApplicationEntityTitle = called
+        assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title=calling),
+                                acceptor=SimpleNamespace(ae_title=called))
+        written = _as_file(assoc, BytesIO(b"DATA"), MRImageStorage,  # type: ignore[arg-type]
+                           sop_uid, ExplicitVRLittleEndian)
+        assert written == b"\0" * 128 + b"DICM" + encode_file_meta(meta) + b"DATA"
+
+
+def _spool_files(spool_root: Path) -> tuple[list[Path], list[Path]]:
+    return list(spool_root.rglob("*.dcm")), list(spool_root.rglob(".*.partial"))
+
+
+def _send_fragments(assoc: Association, request: C_STORE, keep_last: bool) -> None:
+    """Send a C-STORE request's P-DATA, without its last fragment unless ``keep_last``."""
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    (context,) = assoc.accepted_contexts
+    assert context.context_id is not None
+    fragments = list(message.encode_msg(context.context_id, 16_384))
+    for fragment in fragments if keep_last else fragments[:-1]:
+        assoc.dul.send_pdu(fragment)
+
+
+def _c_store(ds: Dataset, sop_class: str) -> C_STORE:
+    request = C_STORE()
+    request.MessageID = 7
+    request.AffectedSOPClassUID = sop_class
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 2
+    encoded = encode(ds, False, True)
+    assert encoded is not None
+    request.DataSet = BytesIO(encoded)
+    return request
+
+
+def test_a_sender_cut_off_mid_instance_leaves_no_file_and_no_row(
+    server: tuple[int, Path, Ledger],
+) -> None:
+    port, spool_root, ledger = server
+    assoc = request_association(port)
+    assert int(assoc.send_c_store(mr_instance()).Status) == 0x0000
+    # While the association is open the next spool file is made ahead of its data.
+    wait_for(lambda: len(_spool_files(spool_root)[1]) == 1, 10, "the next spool file")
+    _send_fragments(assoc, _c_store(mr_instance(pixels=60_000), MRImageStorage),
+                    keep_last=False)
+    assoc.abort()
+    wait_for(lambda: not _spool_files(spool_root)[1], 10, "the unused spool file to go")
+    (stored,), _ = _spool_files(spool_root)
+    assert [i.path for i in ledger.unclaimed("1.2.3.4")] == [str(stored)]
+
+
+def test_a_request_pynetdicom_never_hands_over_leaves_no_file(
+    server: tuple[int, Path, Ledger],
+) -> None:
+    """A whole C-STORE whose SOP class has no service makes pynetdicom abort without calling
+    the handler, after the node began writing it: the file goes, the sender heard nothing."""
+    port, spool_root, ledger = server
+    assoc = request_association(port)
+    with capture_logs() as logs:
+        _send_fragments(assoc, _c_store(mr_instance(), "1.2.3.999"), keep_last=True)
+        wait_for(lambda: assoc.is_aborted, 10, "the node to abort the association")
+        wait_for(lambda: any(e["event"] == "instance_abandoned" for e in logs), 10,
+                 "the abandoned file to be removed")
+    assert _spool_files(spool_root) == ([], [])
+    assert ledger.unclaimed("1.2.3.4") == []
