@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -57,6 +58,7 @@ from harmonizers.nets import (
     monotone_transfer,
     mutual_information,
     native_tissue_quantiles,
+    tissue_fraction,
     to_log,
 )
 from harmonizers.training import (
@@ -106,9 +108,13 @@ class GainGenerator(nn.Module):
         self.head = log_gain_head(self.encoder.out_channels)
         self.transfer_logits = nn.Parameter(initial_slope_logits(knots))
 
-    def log_gain(self, work_stack: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(n, 3, h, w) normalized stack on the working grid -> (n, 1, *size) log gain."""
-        return bounded_log_gain(self.head(self.encoder(to_log(work_stack))), size)
+    def log_gain(self, work_stack: torch.Tensor, size: tuple[int, int],
+                 tissue_only: bool = False) -> torch.Tensor:
+        """(n, 3, h, w) normalized stack on the working grid -> (n, 1, *size) log gain;
+        ``tissue_only`` at inference (see :func:`~harmonizers.nets.bounded_log_gain`)."""
+        raw = self.head(self.encoder(to_log(work_stack)))
+        tissue = tissue_fraction(work_stack, (raw.shape[-2], raw.shape[-1]))
+        return bounded_log_gain(raw, size, tissue if tissue_only else None)
 
     def forward(self, stack: torch.Tensor) -> torch.Tensor:
         """Translate a normalized (n, 3, h, w) working-grid stack; the centre slice's gain
@@ -230,7 +236,8 @@ class CycleGANHarmonizer(DeepHarmonizer[GainGenerator]):
     def _harmonize(self, acquisition: Acquisition) -> np.ndarray:
         return harmonize_phases(
             acquisition, method=self.method, work_mm=self.work_mm,
-            log_gain=self.generator.log_gain, logits=self.generator.transfer_logits,
+            log_gain=partial(self.generator.log_gain, tissue_only=True),
+            logits=self.generator.transfer_logits,
             sharpening=self.sharpening, target_scale=self.target_scale)
 
     def _architecture(self) -> dict[str, Any]:

@@ -135,12 +135,32 @@ def log_gain_head(channels: int) -> nn.Conv2d:
     return head
 
 
-def bounded_log_gain(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def bounded_log_gain(raw: torch.Tensor, size: tuple[int, int],
+                     tissue: torch.Tensor | None = None) -> torch.Tensor:
     """Bound the quarter-resolution log gain to +-MAX_LOG_GAIN, smooth it to coil-shading
-    scale (:func:`shading_blur`), upsample to ``size``."""
+    scale (:func:`shading_blur`), upsample to ``size``.
+
+    ``tissue`` (the stack's :func:`tissue_fraction`), given at inference, makes the field
+    from tissue alone: normalized convolution (Knutsson & Westin, CVPR 1993),
+    ``G*(b t) / G*t``, which falls to zero far from tissue. Training crops are drawn mostly
+    in tissue, so nothing teaches the network what to output in air; on whole slices it
+    output large gains there (log gain about 0.66 in air against 0.06 in the breast, GE
+    1.5 T model), and the blur carried them into the breast edge. Training itself uses the
+    plain blur, as the shipped models were trained.
+    """
     bounded = MAX_LOG_GAIN * torch.tanh(raw / MAX_LOG_GAIN)
-    return F.interpolate(shading_blur(bounded), size=size, mode="bilinear",
-                         align_corners=False)
+    if tissue is None:
+        field = shading_blur(bounded)
+    else:
+        field = shading_blur(bounded * tissue) / (shading_blur(tissue) + 1e-3)
+    return F.interpolate(field, size=size, mode="bilinear", align_corners=False)
+
+
+def tissue_fraction(work_stack: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """The share of tissue (normalized value above TISSUE_LEVEL) of the stack's centre
+    slice in each cell of a ``shape`` grid, (n, 1, *shape)."""
+    tissue = (work_stack[:, 1:2] > TISSUE_LEVEL).to(work_stack.dtype)
+    return F.adaptive_avg_pool2d(tissue, shape)
 
 
 def shading_blur(field: torch.Tensor) -> torch.Tensor:

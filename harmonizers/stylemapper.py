@@ -74,6 +74,7 @@ from harmonizers.nets import (
     normalized,
     pooled_tissue_quantiles,
     series_scale,
+    tissue_fraction,
     to_log,
     work_volume,
 )
@@ -181,11 +182,13 @@ class StyleGenerator(nn.Module):
         return matched + self.transfer_mlp(torch.cat([source_style, target_style], dim=1))
 
     def log_gain(self, work_stack: torch.Tensor, target_style: torch.Tensor,
-                 size: tuple[int, int]) -> torch.Tensor:
-        """(n, 3, h, w) working-grid stack -> (n, 1, *size) log gain in the target style."""
+                 size: tuple[int, int], tissue_only: bool = False) -> torch.Tensor:
+        """(n, 3, h, w) working-grid stack -> (n, 1, *size) log gain in the target style;
+        ``tissue_only`` at inference (see :func:`~harmonizers.nets.bounded_log_gain`)."""
         content = self.content(to_log(work_stack))
-        decoded = self.decoder(content, self.adain_mlp(target_style))
-        return bounded_log_gain(self.head(decoded), size)
+        raw = self.head(self.decoder(content, self.adain_mlp(target_style)))
+        tissue = tissue_fraction(work_stack, (raw.shape[-2], raw.shape[-1]))
+        return bounded_log_gain(raw, size, tissue if tissue_only else None)
 
     def forward(self, stack: torch.Tensor, matched: torch.Tensor, source_style: torch.Tensor,
                 target_style: torch.Tensor) -> torch.Tensor:
@@ -452,7 +455,8 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
                                          target)[0]
 
         def log_gain(stacks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-            return gen.log_gain(stacks, target.expand(stacks.shape[0], -1), size)
+            return gen.log_gain(stacks, target.expand(stacks.shape[0], -1), size,
+                                tissue_only=True)
 
         return harmonize_phases(acquisition, method=self.method, work_mm=self.work_mm,
                                 log_gain=log_gain, logits=logits, sharpening=self.sharpening,

@@ -21,7 +21,13 @@ from harmonizers.base import Harmonizer, ModelError
 from harmonizers.cyclegan import CycleGANConfig, CycleGANHarmonizer
 from harmonizers.domain import ScannerDomain
 from harmonizers.model_store import save_model
-from harmonizers.nets import X_MAX, initial_slope_logits, monotone_transfer
+from harmonizers.nets import (
+    X_MAX,
+    bounded_log_gain,
+    initial_slope_logits,
+    monotone_transfer,
+    tissue_fraction,
+)
 from harmonizers.registry import harmonizer_class, load_model
 from harmonizers.sharpness import UnsharpFilter, fit_unsharp, radial_log_spectrum
 from harmonizers.stylemapper import StyleMapperConfig, StyleMapperHarmonizer
@@ -293,3 +299,16 @@ def test_dicomnode_train_restyles_a_stylemapper(tmp_path: Path) -> None:
     # Same network, new style reference: twice the target gain, about twice the scale.
     torch.testing.assert_close(loaded.generator.state_dict(), base.generator.state_dict())
     assert 1.6 < loaded.target_scale / base.target_scale < 2.4
+
+
+def test_shading_field_comes_from_tissue_alone_at_inference() -> None:
+    # Tissue fills the left half of the slice; the network's raw field is large only over
+    # the air on the right, where training never constrained it.
+    stack = torch.zeros(1, 3, 64, 64)
+    stack[..., :32] = 1.0
+    raw = torch.zeros(1, 1, 16, 16)
+    raw[..., 8:] = 2.0
+    plain = bounded_log_gain(raw, (64, 64))
+    weighted = bounded_log_gain(raw, (64, 64), tissue_fraction(stack, (16, 16)))
+    assert plain[..., 24:32].abs().max() > 0.2  # the plain blur carries air into the tissue
+    assert weighted[..., :32].abs().max() < 1e-3

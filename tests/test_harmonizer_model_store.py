@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,18 @@ def test_shipped_weights_come_from_the_committed_training_command(tmp_path: Path
     rebuilt = load_model("histogram", name, root=tmp_path).card
     assert rebuilt["sha256"] == shipped["sha256"]
     assert shipped["training_command"] == "python -m harmonizers.make_models"
+
+
+def test_evaluate_only_rewrites_just_the_evaluation(tmp_path: Path) -> None:
+    """After a change of inference code: same weights and training record, new figures."""
+    name = "histogram-ge-1.5t_to_siemens-3t"
+    shutil.copytree(models_dir() / name, tmp_path / name)
+    before = yaml.safe_load((tmp_path / name / CARD_FILE).read_text())
+    argv = ["--out", str(tmp_path), "--sources", "ge-1.5t", "--evaluate-only"]
+    assert make_models.main(argv) == 0
+    after = yaml.safe_load((tmp_path / name / CARD_FILE).read_text())
+    assert {k: v for k, v in after.items() if k != "evaluation"} == {
+        k: v for k, v in before.items() if k != "evaluation"}
+    assert after["evaluation"]["command"] == "python -m harmonizers.make_models " + " ".join(argv)
+    assert after["evaluation"]["mean"] == before["evaluation"]["mean"]  # a deterministic model
+    assert load_model("histogram", name, root=tmp_path).sha256 == before["sha256"]
