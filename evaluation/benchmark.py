@@ -33,7 +33,7 @@ import numpy as np
 from evaluation.benchmark_measure import feature_metrics, image_metrics, usable_features
 from evaluation.combat import PACKAGE, fit_combat, package_version
 from evaluation.features import FEATURE_SET_VERSION, series_features
-from evaluation.generated_docs import replace_block
+from evaluation.generated_docs import replace_block, table_cell
 from evaluation.harmonizer_quality import REFERENCE, SOURCES, make_case, shipped_models
 from evaluation.metrics import MetricError, dice
 from evaluation.segmenter import TRAINING_SEEDS, fit_segmenter
@@ -296,16 +296,6 @@ def _combat_groups(groups: dict[tuple[str, str], np.ndarray],
             for s in present}
 
 
-def _cell(key: str, fmt: str, values: float | list[float] | None) -> str:
-    if values is None or (isinstance(values, list) and not values):
-        return "-"
-    if isinstance(values, list):
-        if key.startswith("type_"):
-            return f"{int(sum(values))}/{len(values)}"
-        return fmt.format(float(np.mean(values)))
-    return fmt.format(values)
-
-
 def _table(columns: Sequence[tuple[str, str, str]], scopes: Sequence[str],
            methods: Sequence[str], values: dict[tuple[str, str], dict[str, float]]
            | dict[tuple[str, str], dict[str, list[float]]], scores: Scores,
@@ -321,7 +311,7 @@ def _table(columns: Sequence[tuple[str, str, str]], scopes: Sequence[str],
                          *["-"] * (len(columns) - 1)]
             elif (scope, method) in values:
                 metrics = values[(scope, method)]
-                cells = [_cell(k, fmt, metrics.get(k)) for k, _, fmt in columns]
+                cells = [table_cell(k, fmt, metrics.get(k)) for k, _, fmt in columns]
             else:
                 continue
             lines.append(f"| {scope} | {method} | " + " | ".join(cells) + " |")
@@ -331,7 +321,7 @@ def _table(columns: Sequence[tuple[str, str, str]], scopes: Sequence[str],
 def _compare(key: str, fmt: str, mine: float | list[float], base: float | list[float]
              ) -> bool:
     """True when ``mine`` is worse than ``base`` as shown (ties below the precision are not)."""
-    a, b = (float(_cell(key, fmt, v).split("/")[0]) if not key.startswith("type_")
+    a, b = (float(table_cell(key, fmt, v).split("/")[0]) if not key.startswith("type_")
             else float(np.mean(v)) for v in (mine, base))
     if key == "auc":
         return abs(a - 0.5) > abs(b - 0.5)

@@ -50,7 +50,7 @@ from scipy import ndimage
 from scipy.stats import rankdata
 
 from dicomnode.paths import models_dir
-from evaluation.generated_docs import replace_block
+from evaluation.generated_docs import replace_block, table_cell
 from evaluation.metrics import curve_type, fgt_density, pe_error, roi_curve
 from evaluation.virtual_scanner.acquisition import acquire, exam_rng
 from evaluation.virtual_scanner.compartments import tissue_at_field, voxel_compartments
@@ -255,14 +255,6 @@ def evaluate_pair(source: str, seeds: Sequence[int], matrix: int, slices: int
     return pooled, errors, seconds
 
 
-def _cell(key: str, fmt: str, values: list[float]) -> str:
-    if not values:
-        return "-"
-    if key.startswith("type_"):
-        return f"{int(sum(values))}/{len(values)}"
-    return fmt.format(float(np.mean(values)))
-
-
 def _losses(pooled: dict[str, dict[str, list[float]]]) -> list[str]:
     """One line per method: the metrics where it is worse than no harmonization."""
     base = pooled.get("none", {})
@@ -275,7 +267,7 @@ def _losses(pooled: dict[str, dict[str, list[float]]]) -> list[str]:
             if key == "nrmse_raw" or not metrics.get(key) or not base.get(key):
                 continue
             # Compared as shown: differences below the table's precision are ties.
-            mine, theirs = (float(_cell(key, fmt, values).split("/")[0].lstrip("+"))
+            mine, theirs = (float(table_cell(key, fmt, values).split("/")[0].lstrip("+"))
                             for values in (metrics[key], base[key]))
             if key == "auc":
                 mine, theirs = abs(mine), abs(theirs)
@@ -318,7 +310,7 @@ def report(command: str, seeds: Sequence[int], matrix: int, slices: int,
             if method in errors:
                 lines.append(f"| {method} | failed: {errors[method]} |")
                 continue
-            cells = [_cell(key, fmt, metrics.get(key, [])) for key, _, fmt in COLUMNS]
+            cells = [table_cell(key, fmt, metrics.get(key, [])) for key, _, fmt in COLUMNS]
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {seconds[method]:.2f} |")
         lines += ["", *_losses({m: v for m, v in pooled.items() if m not in errors})]
     lines += ["", _END]

@@ -58,7 +58,6 @@ from harmonizers.nets import (
     monotone_transfer,
     mutual_information,
     native_tissue_quantiles,
-    tissue_fraction,
     to_log,
 )
 from harmonizers.training import (
@@ -113,8 +112,7 @@ class GainGenerator(nn.Module):
         """(n, 3, h, w) normalized stack on the working grid -> (n, 1, *size) log gain;
         ``tissue_only`` at inference (see :func:`~harmonizers.nets.bounded_log_gain`)."""
         raw = self.head(self.encoder(to_log(work_stack)))
-        tissue = tissue_fraction(work_stack, (raw.shape[-2], raw.shape[-1]))
-        return bounded_log_gain(raw, size, tissue if tissue_only else None)
+        return bounded_log_gain(raw, size, work_stack if tissue_only else None)
 
     def forward(self, stack: torch.Tensor) -> torch.Tensor:
         """Translate a normalized (n, 3, h, w) working-grid stack; the centre slice's gain

@@ -176,11 +176,11 @@ def reevaluate(root: Path, name: str, source: str, command: str) -> str:
     evaluation records the command and date it was made with, since it then describes
     the inference code of that date, not of the training run.
     """
-    loaded = load_model(ModelCard.read(root / name / CARD_FILE).method, name, root=root)
+    card = ModelCard.read(root / name / CARD_FILE)
+    loaded = load_model(card.method, name, root=root)
     evaluation = {**evaluate(loaded.harmonizer, source), "command": command,
                   "date": datetime.now(UTC).isoformat(timespec="seconds")}
-    card = dataclasses.replace(ModelCard.read(root / name / CARD_FILE), evaluation=evaluation)
-    card.write(root / name / CARD_FILE)
+    dataclasses.replace(card, evaluation=evaluation).write(root / name / CARD_FILE)
     mean = evaluation["mean"]["all_phases"]
     return f"{name}: W1 all phases {mean['before']} -> {mean['after']} (re-evaluated)"
 

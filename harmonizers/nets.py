@@ -51,6 +51,8 @@ X_MAX = 4.0
 # The log-gain field is bounded to +-log(4): scanner shading differs by tens of percent, not
 # by orders of magnitude; the bound keeps an untrained or adversarially pushed net sane.
 MAX_LOG_GAIN = math.log(4.0)
+# Normalized values above this are tissue (the series scale puts tissue near 1, air near 0).
+TISSUE_LEVEL = 0.3
 # Smoothing of the log-gain field, in quarter-resolution pixels: 2 is 8 working-grid pixels,
 # 28 mm at 3.5 mm, the scale of coil shading rather than of anatomy.
 SHADING_SIGMA = 2.0
@@ -136,31 +138,26 @@ def log_gain_head(channels: int) -> nn.Conv2d:
 
 
 def bounded_log_gain(raw: torch.Tensor, size: tuple[int, int],
-                     tissue: torch.Tensor | None = None) -> torch.Tensor:
+                     tissue_of: torch.Tensor | None = None) -> torch.Tensor:
     """Bound the quarter-resolution log gain to +-MAX_LOG_GAIN, smooth it to coil-shading
     scale (:func:`shading_blur`), upsample to ``size``.
 
-    ``tissue`` (the stack's :func:`tissue_fraction`), given at inference, makes the field
-    from tissue alone: normalized convolution (Knutsson & Westin, CVPR 1993),
-    ``G*(b t) / G*t``, which falls to zero far from tissue. Training crops are drawn mostly
-    in tissue, so nothing teaches the network what to output in air; on whole slices it
-    output large gains there (log gain about 0.66 in air against 0.06 in the breast, GE
-    1.5 T model), and the blur carried them into the breast edge. Training itself uses the
-    plain blur, as the shipped models were trained.
+    ``tissue_of``, the (n, 3, h, w) working-grid stack the field was predicted from, given
+    at inference, makes the field from the tissue of its centre slice alone: normalized
+    convolution (Knutsson & Westin, CVPR 1993), ``G*(b t) / G*t`` with ``t`` each cell's
+    tissue share, which falls to zero far from tissue. Training crops are drawn mostly in
+    tissue, so nothing teaches the network what to output in air; on whole slices it
+    output large gains there, and the blur carried them into the breast edge. Training
+    itself uses the plain blur, as the shipped models were trained.
     """
     bounded = MAX_LOG_GAIN * torch.tanh(raw / MAX_LOG_GAIN)
-    if tissue is None:
+    if tissue_of is None:
         field = shading_blur(bounded)
     else:
+        tissue = F.adaptive_avg_pool2d((tissue_of[:, 1:2] > TISSUE_LEVEL).to(raw.dtype),
+                                       (raw.shape[-2], raw.shape[-1]))
         field = shading_blur(bounded * tissue) / (shading_blur(tissue) + 1e-3)
     return F.interpolate(field, size=size, mode="bilinear", align_corners=False)
-
-
-def tissue_fraction(work_stack: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """The share of tissue (normalized value above TISSUE_LEVEL) of the stack's centre
-    slice in each cell of a ``shape`` grid, (n, 1, *shape)."""
-    tissue = (work_stack[:, 1:2] > TISSUE_LEVEL).to(work_stack.dtype)
-    return F.adaptive_avg_pool2d(tissue, shape)
 
 
 def shading_blur(field: torch.Tensor) -> torch.Tensor:
@@ -494,8 +491,6 @@ def load_state(module: nn.Module, state: object, path: Path) -> None:
 
 # Tissue quantile levels for histogram matching (as the histogram method's p1..p99).
 QUANTILE_LEVELS = np.linspace(1.0, 99.0, 25)
-# Normalized values above this are tissue (the series scale puts tissue near 1, air near 0).
-TISSUE_LEVEL = 0.3
 
 
 def pooled_tissue_quantiles(volumes: Sequence[np.ndarray]) -> np.ndarray:
@@ -542,6 +537,7 @@ def native_tissue_quantiles(pre_contrasts: Sequence[np.ndarray]) -> np.ndarray:
     return pooled_tissue_quantiles([normalized(v) for v in pre_contrasts])
 
 
-def normalized(volume: np.ndarray) -> np.ndarray:
-    """A pre-contrast volume in normalized units: negatives clipped, divided by its scale."""
-    return np.maximum(volume, 0.0) / np.float32(series_scale(volume))
+def normalized(volume: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """A pre-contrast volume in normalized units: negatives clipped, divided by its scale
+    (its :func:`series_scale` unless given)."""
+    return np.maximum(volume, 0.0) / np.float32(series_scale(volume) if scale is None else scale)

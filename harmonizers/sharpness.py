@@ -88,6 +88,8 @@ def radial_log_spectrum(volumes: Sequence[np.ndarray]) -> np.ndarray:
     texture, not the units; each slice's mean is removed so DC does not leak into the
     first bins.
     """
+    if not volumes:
+        raise ValueError("no volumes to measure a spectrum on")
     power = np.zeros(RADIAL_BINS)
     for volume in volumes:
         picks = np.unique(np.linspace(0, len(volume) - 1, _SPECTRUM_SLICES).round().astype(int))
@@ -101,8 +103,6 @@ def radial_log_spectrum(volumes: Sequence[np.ndarray]) -> np.ndarray:
         sums = np.bincount(index.ravel(), spectrum.ravel(), RADIAL_BINS + 1)[:RADIAL_BINS]
         counts = np.bincount(index.ravel(), minlength=RADIAL_BINS + 1)[:RADIAL_BINS]
         power += sums / np.maximum(counts, 1)
-    if not volumes:
-        raise ValueError("no volumes to measure a spectrum on")
     return np.log(power / len(volumes) + 1e-30)
 
 

@@ -74,7 +74,6 @@ from harmonizers.nets import (
     normalized,
     pooled_tissue_quantiles,
     series_scale,
-    tissue_fraction,
     to_log,
     work_volume,
 )
@@ -187,8 +186,7 @@ class StyleGenerator(nn.Module):
         ``tissue_only`` at inference (see :func:`~harmonizers.nets.bounded_log_gain`)."""
         content = self.content(to_log(work_stack))
         raw = self.head(self.decoder(content, self.adain_mlp(target_style)))
-        tissue = tissue_fraction(work_stack, (raw.shape[-2], raw.shape[-1]))
-        return bounded_log_gain(raw, size, tissue if tissue_only else None)
+        return bounded_log_gain(raw, size, work_stack if tissue_only else None)
 
     def forward(self, stack: torch.Tensor, matched: torch.Tensor, source_style: torch.Tensor,
                 target_style: torch.Tensor) -> torch.Tensor:

@@ -215,6 +215,8 @@ def prepare_volumes(
     volumes, scales = [], []
     for acq in acquisitions:
         check_acquisition(acq, work_mm, method)
-        volumes.append(work_volume(normalized(acq.pre_contrast), acq.spacing_mm[1:], work_mm))
-        scales.append(series_scale(acq.pre_contrast))
+        scale = series_scale(acq.pre_contrast)
+        volumes.append(work_volume(normalized(acq.pre_contrast, scale), acq.spacing_mm[1:],
+                                   work_mm))
+        scales.append(scale)
     return volumes, scales

@@ -26,7 +26,6 @@ from harmonizers.nets import (
     bounded_log_gain,
     initial_slope_logits,
     monotone_transfer,
-    tissue_fraction,
 )
 from harmonizers.registry import harmonizer_class, load_model
 from harmonizers.sharpness import UnsharpFilter, fit_unsharp, radial_log_spectrum
@@ -309,6 +308,6 @@ def test_shading_field_comes_from_tissue_alone_at_inference() -> None:
     raw = torch.zeros(1, 1, 16, 16)
     raw[..., 8:] = 2.0
     plain = bounded_log_gain(raw, (64, 64))
-    weighted = bounded_log_gain(raw, (64, 64), tissue_fraction(stack, (16, 16)))
+    weighted = bounded_log_gain(raw, (64, 64), stack)
     assert plain[..., 24:32].abs().max() > 0.2  # the plain blur carries air into the tissue
     assert weighted[..., :32].abs().max() < 1e-3
