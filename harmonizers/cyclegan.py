@@ -15,10 +15,10 @@ low-resolution gain field; every phase goes through the same transfer and the sa
 then through one sharpening filter fitted by matching power spectra. Hence
 
 * one mapping serves every phase: a voxel's curve keeps its shape (rising stays rising,
-  washout stays washout), and its enhancement changes only as the transfer's slope and the
-  filter say, as with the histogram method;
+  washout stays washout), and its enhancement changes only as the transfer's slope says,
+  as with the histogram method (the filter is applied as a gain shared by every phase);
 * no structure can be hallucinated (a monotone map of each voxel's own value, a smooth
-  positive field, one linear filter);
+  positive field, a bounded gain from one linear filter of the series' own mean image);
 * inference is one small CNN pass per slice on a coarse working grid: fast on a CPU.
 
 Two adaptations to that generator: the transfers start from a histogram match of the two
@@ -236,7 +236,7 @@ class CycleGANHarmonizer(DeepHarmonizer[GainGenerator]):
             acquisition, method=self.method, work_mm=self.work_mm,
             log_gain=partial(self.generator.log_gain, tissue_only=True),
             logits=self.generator.transfer_logits,
-            sharpening=self.sharpening, target_scale=self.target_scale)
+            sharpening=self.sharpening, target_scale=self.target_scale, device=self.device)
 
     def _architecture(self) -> dict[str, Any]:
         return {

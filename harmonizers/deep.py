@@ -7,6 +7,11 @@ of the same layout (see :func:`harmonizers.nets.save_weights`). Each method adds
 architecture and its part of the target reference. The keys keep the shipped files' order
 (the target reference between ``generator`` and the domains), so saving a model writes the
 same bytes whichever class assembles the dict.
+
+Inference runs on a CUDA GPU when torch sees one, else on the CPU
+(:func:`harmonizers.nets.inference_device`; ``DICOMNODE_INFERENCE_DEVICE=cpu`` forces the
+CPU); weights are saved from the CPU either way, so a model file does not depend on where it
+was made or run.
 """
 
 from __future__ import annotations
@@ -18,12 +23,20 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import numpy as np
+import torch
 from torch import nn
 
 from harmonizers.acquisition import Acquisition
 from harmonizers.base import Harmonizer
 from harmonizers.domain import ScannerDomain
-from harmonizers.nets import domain_name, load_state, load_weights, parse_domain, save_weights
+from harmonizers.nets import (
+    domain_name,
+    inference_device,
+    load_state,
+    load_weights,
+    parse_domain,
+    save_weights,
+)
 from harmonizers.sharpness import UnsharpFilter, fit_unsharp, radial_log_spectrum
 
 G = TypeVar("G", bound=nn.Module)
@@ -34,8 +47,10 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
 
     ``target_scale`` is the target domain's mean series scale
     (:func:`~harmonizers.nets.series_scale`) in its own units: normalized output times it
-    gives target units. ``sharpening`` is applied to every phase last; identity unless
-    fitted (:meth:`sharpened`).
+    gives target units. ``sharpening`` is applied last, as one gain shared by every phase
+    (:func:`~harmonizers.nets.harmonize_phases`); identity unless fitted (:meth:`sharpened`).
+    ``device``: where the generator runs (see :func:`~harmonizers.nets.inference_device`;
+    None picks it).
     """
 
     weights_file: ClassVar[str] = "model.pt"
@@ -51,13 +66,15 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
         source_domain: ScannerDomain | None = None,
         target_domain: ScannerDomain | None = None,
         training: dict[str, Any] | None = None,
+        device: str | torch.device | None = None,
     ) -> None:
         super().__init__(source_domain=source_domain, target_domain=target_domain)
         if not (np.isfinite(target_scale) and target_scale > 0):
             raise ValueError(f"target_scale must be positive, got {target_scale}")
         if not (np.isfinite(work_mm) and work_mm > 0):
             raise ValueError(f"work_mm must be positive, got {work_mm}")
-        self.generator = generator.cpu().eval()
+        self.device = inference_device(device)
+        self.generator = generator.to(self.device).eval()
         self.work_mm = float(work_mm)
         self.target_scale = float(target_scale)
         self.sharpening = sharpening or UnsharpFilter()
@@ -72,6 +89,13 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
         """This model with another sharpening filter (the networks are shared, not copied)."""
         model = copy.copy(self)
         model.sharpening = sharpening
+        return model
+
+    def on(self, device: str | torch.device) -> Self:
+        """This model running on ``device`` (a copy: this one keeps its own generator)."""
+        model = copy.copy(self)
+        model.device = inference_device(device)
+        model.generator = copy.deepcopy(self.generator).to(model.device)
         return model
 
     def sharpened(self, source: Sequence[Acquisition], target: Sequence[Acquisition]) -> Self:
@@ -99,11 +123,12 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
         """Constructor keywords for the target reference of a loaded weights dict."""
 
     def save(self, folder: Path) -> None:
+        on_cpu = self.generator if self.device.type == "cpu" else self.on("cpu").generator
         save_weights(folder / self.weights_file, {
             "format_version": self.format_version,
             "method": self.method,
             "architecture": {**self._architecture(), "work_mm": self.work_mm},
-            "generator": self.generator.state_dict(),
+            "generator": on_cpu.state_dict(),
             "sharpening": self.sharpening.as_dict(),
             **self._reference(),
             "source_domain": domain_name(self.source_domain),
@@ -115,6 +140,7 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
     def load(cls, folder: Path) -> Self:
         path = folder / cls.weights_file
         weights = load_weights(path, cls.method, cls.format_version)
+        device = inference_device()  # outside the try: a bad device is not bad weights
         try:
             arch = weights["architecture"]
             generator = cls._generator(arch)
@@ -128,6 +154,7 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
                 source_domain=parse_domain(weights.get("source_domain")),
                 target_domain=parse_domain(weights.get("target_domain")),
                 training=weights.get("training"),
+                device=device,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: invalid weights ({exc!r})") from exc

@@ -6,7 +6,7 @@ lab's breast DCE CycleGAN work saw an image-to-image network applied phase by ph
 enhancement curves). In *normalized* units (each series divided by its own robust scale,
 :func:`series_scale`, which removes the arbitrary per-exam receive gain)::
 
-    out[p] = K * (f(x[p]) * exp(b))          for every phase p
+    y[p] = f(x[p]) * exp(b),   out[p] = y[p] * K(m) / m,   m = mean over p of y[p]
 
 * ``f``, a **monotone per-intensity transfer**: a piecewise-linear increasing function with
   ``f(0) = 0`` (contrast between fat, FGT and muscle, like a learned histogram map). It acts
@@ -19,7 +19,8 @@ enhancement curves). In *normalized* units (each series divided by its own robus
   cancels in percent enhancement;
 * ``K``, one in-plane **unsharp-mask filter** (:mod:`harmonizers.sharpness`), fitted by
   matching power spectra: scanners differ in sharpness, which neither ``f`` nor ``b`` can
-  change.
+  change. It is applied as one bounded per-voxel gain, ``K(m) / m`` of the mean over phases
+  ``m``, shared by every phase, so it sharpens without changing any voxel's enhancement.
 
 In target units, times the target's mean scale. The networks see the pre-contrast
 resampled to a fixed in-plane working grid (``work_mm``), so a model trained on coarse
@@ -30,6 +31,7 @@ simulated grids applies to any matrix: only the gain field is computed there; ``
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,10 +354,10 @@ def check_acquisition(acquisition: Acquisition, work_mm: float, method: str) -> 
 
 
 def work_stacks(
-    pre_contrast: np.ndarray, scale: float, grid: WorkGrid
+    pre_contrast: np.ndarray, scale: float, grid: WorkGrid, device: torch.device
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Per chunk of slices ``z``: the normalized slices' 2.5D stacks on the working grid
-    (n, 3, h, w), channels-last.
+    (n, 3, h, w), channels-last, on ``device``.
 
     Each slice is resampled once (with one neighbour on either side of the chunk) and the
     stacks are built on the small grid; slab ends repeat their edge slice.
@@ -363,10 +365,10 @@ def work_stacks(
     last = pre_contrast.shape[0] - 1
     for z in slice_chunks(pre_contrast.shape[0]):
         lo, hi = max(z.start - 1, 0), min(z.stop, last)  # hi inclusive
-        block = torch.from_numpy(np.ascontiguousarray(pre_contrast[lo:hi + 1]))
+        block = torch.from_numpy(np.ascontiguousarray(pre_contrast[lo:hi + 1])).to(device)
         block = torch.clamp(block, min=0.0) / scale
         work = to_work_grid(block[:, None], grid)[:, 0]
-        index = torch.arange(z.start, z.stop)
+        index = torch.arange(z.start, z.stop, device=device)
         triples = torch.stack([(index - 1).clamp(0, last), index,
                                (index + 1).clamp(max=last)], 1) - lo
         stacks = work[triples].contiguous(memory_format=torch.channels_last)
@@ -398,6 +400,25 @@ def work_volume(volume: np.ndarray, spacing_yx: tuple[float, float], work_mm: fl
 
 LogGain = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
 
+# Environment variable that picks the inference device: "cpu" forces the CPU, "cuda" asks
+# for the GPU; unset, the GPU is used when torch sees one.
+DEVICE_ENV = "DICOMNODE_INFERENCE_DEVICE"
+
+
+def inference_device(requested: str | torch.device | None = None) -> torch.device:
+    """The device the deep harmonizers run on: ``requested``, else :data:`DEVICE_ENV`, else
+    CUDA when available, else the CPU. ModelError for CUDA asked for on a machine without."""
+    name = requested if requested is not None else os.environ.get(DEVICE_ENV) or None
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ModelError(f"unknown inference device {name!r} ({exc})") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"inference device {name!r} asked for, but torch sees no CUDA GPU")
+    return device
+
 
 def harmonize_phases(
     acquisition: Acquisition,
@@ -408,33 +429,45 @@ def harmonize_phases(
     logits: torch.Tensor,
     sharpening: UnsharpFilter,
     target_scale: float,
+    device: torch.device,
 ) -> np.ndarray:
     """Apply one learned mapping to every phase (the shared inference path).
 
     ``log_gain(stacks, size)`` maps (n, 3, h, w) working-grid stacks of the pre-contrast to
     the (n, 1, *size) log-gain field; ``logits`` are the transfer's. Per chunk of slices the
-    gain field is computed once, and every phase becomes ``f(x[p]) * exp(b)``, then
-    ``sharpening`` filters it. Then one factor for the whole series sets its level: the
-    harmonized pre-contrast's :func:`series_scale` becomes ``target_scale``, the target's
-    mean. The networks shape contrast and shading; the level is a statistic of the target
-    series, which adversarial training leaves free to drift (on the virtual scanner the
-    style mapper's output drifted about 18 % dark before this step). Negative values (a
-    negative rescale intercept, a sharpened edge) are clipped to 0, as magnitude images are
-    non-negative. Memory: the output plus a few slices of temporaries.
+    gain field is computed once, and every phase becomes ``f(x[p]) * exp(b)``; then every
+    phase is multiplied by the one sharpening gain of the chunk's mean over phases
+    (:meth:`~harmonizers.sharpness.UnsharpFilter.shared_gain`), so no voxel's percent
+    enhancement depends on the filter. Then one factor for the whole series sets its level:
+    the harmonized pre-contrast's :func:`series_scale` becomes ``target_scale``, the
+    target's mean. The networks shape contrast and shading; the level is a statistic of the
+    target series, which adversarial training leaves free to drift (on the virtual scanner
+    the style mapper's output drifted about 18 % dark before this step). Negative input
+    values (a negative rescale intercept) are taken as 0, as magnitude images are
+    non-negative; ``f``, the field and the gain are positive, so the output is too.
+
+    The networks and the per-voxel arithmetic run on ``device`` (where ``log_gain`` and
+    ``logits`` live); the output is float32 on the CPU. On the CPU each chunk is computed
+    in place in the output. Memory: the output plus a few slices of temporaries (on a GPU,
+    a chunk of every phase there).
     """
     grid = check_acquisition(acquisition, work_mm, method)
     scale = series_scale(acquisition.pre_contrast)
     out = np.empty(acquisition.pixels.shape, dtype=np.float32)
     size = (acquisition.pixels.shape[2], acquisition.pixels.shape[3])
     with torch.inference_mode():
-        for z, stacks in work_stacks(acquisition.pre_contrast, scale, grid):
+        for z, stacks in work_stacks(acquisition.pre_contrast, scale, grid, device):
             field = torch.exp(log_gain(stacks, size)[:, 0])
+            target = torch.from_numpy(out[:, z])
+            chunk = target if device.type == "cpu" else torch.empty(target.shape, device=device)
             for phase in range(acquisition.n_phases):
-                voxels = torch.from_numpy(np.maximum(acquisition.pixels[phase, z], 0.0))
-                target = out[phase, z]
-                target[...] = (monotone_transfer(voxels / scale, logits) * field).numpy()
-                sharpening.apply_(target)
-                np.maximum(target, 0.0, out=target)
+                voxels = torch.from_numpy(acquisition.pixels[phase, z]).to(device)
+                chunk[phase] = monotone_transfer(torch.clamp(voxels, min=0.0) / scale,
+                                                 logits) * field
+            if sharpening.amount != 0.0:
+                chunk *= sharpening.shared_gain(chunk.mean(0), TISSUE_LEVEL)
+            if chunk is not target:
+                target.copy_(chunk)
     out *= np.float32(target_scale / series_scale(out[0]))
     return out
 

@@ -16,9 +16,17 @@ sigma)`` is the grid point whose filtered spectrum is closest, in log power, to 
 in the band where anatomy, not noise, makes the spectrum (:data:`FITTED_BINS`). Frequencies
 are in cycles per pixel: recon filters act on the pixel grid.
 
-A filter that is linear and the same for every phase keeps region-mean percent enhancement
-of regions larger than its few-pixel footprint; at the edge of a small lesion it moves
-signal across the edge, which the quality table shows (``docs/harmonizers.md``).
+At inference the filter does not act on each phase as a linear filter: it is turned into one
+bounded per-voxel *gain*, ``g = K(m) / m`` with ``m`` the mean over phases of the
+harmonized, unsharpened series, and every phase is multiplied by the same ``g``
+(:meth:`UnsharpFilter.shared_gain`). A factor shared by all phases cancels in percent
+enhancement, so every voxel keeps exactly the enhancement the intensity transfer gave it,
+and the texture the filter restores is the series' own. Applied as a linear filter to each
+phase, it moved signal into the small lesions' ROI means: on held-out virtual Philips 1.5 T
+patients (seeds 5000-5005) the cyclegan's lesion PE error rose from 26.3 pp without
+sharpening to 35.7 with it, and was 26.0 with the shared gain (issue notes). The mean over
+phases rather than the pre-contrast alone: the gain then also sharpens what only enhances
+(NRMSE 0.228 vs 0.239 there, SSIM 0.899 vs 0.886).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+import torch
 
 # Radial frequency bins from 0 to Nyquist (0.5 cycles/pixel), 1/32 cycle/pixel wide.
 RADIAL_BINS = 16
@@ -42,6 +50,12 @@ SIGMAS_PX = (0.7, 1.0, 1.5)
 AMOUNTS = tuple(float(a) for a in np.round(np.linspace(-0.9, 2.0, 30), 2))
 # Slices per volume the spectrum is averaged over: evenly spread, enough for a stable mean.
 _SPECTRUM_SLICES = 16
+# The shared gain is held in [1/2, 2]: a sharpening filter that moves a voxel by more than a
+# factor of two is acting on noise or on an edge against air, not on texture.
+MAX_GAIN = 2.0
+# Gaussian support in sigmas (scipy.ndimage.gaussian_filter's ``truncate``): 3 keeps 99.7 %
+# of the weight in a footprint of a few pixels.
+_TRUNCATE = 3.0
 
 
 @dataclass(frozen=True)
@@ -57,14 +71,31 @@ class UnsharpFilter:
         if not (math.isfinite(self.sigma_px) and 0.0 < self.sigma_px <= 5.0):
             raise ValueError(f"unsharp sigma must be in (0, 5] pixels, got {self.sigma_px}")
 
-    def apply_(self, images: np.ndarray) -> None:
-        """Filter (..., y, x) float32 images in place, each 2D image on its own."""
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """The filtered (..., y, x) images, each 2D image on its own, on their device.
+
+        The Gaussian is scipy.ndimage.gaussian_filter's (sampled kernel of radius
+        ``int(truncate sigma + 0.5)``, normalized; edges mirrored including the edge pixel,
+        scipy's "reflect"), written in torch so that it runs where the images are.
+        """
         if self.amount == 0.0:
-            return
-        sigma = (0.0,) * (images.ndim - 2) + (self.sigma_px, self.sigma_px)
-        blurred = ndimage.gaussian_filter(images, sigma=sigma, truncate=3.0)
-        images *= np.float32(1.0 + self.amount)
-        images -= np.float32(self.amount) * blurred
+            return images.clone()
+        blurred = gaussian_blur(images, self.sigma_px)
+        return images * (1.0 + self.amount) - self.amount * blurred
+
+    def shared_gain(self, mean_image: torch.Tensor, floor: float) -> torch.Tensor:
+        """The per-voxel gain ``K(m) / m`` that sharpens ``m``, the (..., y, x) mean over
+        phases, meant to multiply every phase (see the module docstring).
+
+        Where ``m`` is below ``floor`` (air, noise) the ratio says nothing; there the
+        correction ``K(m) - m`` is divided by ``floor`` instead, so the gain goes smoothly to
+        1 in the dark rather than jumping. Held in [1/MAX_GAIN, MAX_GAIN].
+        """
+        if self.amount == 0.0:
+            return torch.ones_like(mean_image)
+        correction = self.apply(mean_image) - mean_image
+        gain = 1.0 + correction / torch.clamp(mean_image, min=floor)
+        return torch.clamp(gain, 1.0 / MAX_GAIN, MAX_GAIN)
 
     def log_power_gain(self, frequency: np.ndarray) -> np.ndarray:
         """``log |H(f)|^2`` at ``frequency`` cycles/pixel."""
@@ -73,6 +104,36 @@ class UnsharpFilter:
 
     def as_dict(self) -> dict[str, float]:
         return {"amount": self.amount, "sigma_px": self.sigma_px}
+
+
+def gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Separable Gaussian blur of (..., y, x) images in-plane, scipy-compatible (see
+    :meth:`UnsharpFilter.apply`).
+
+    Each pass is a weighted sum of shifted views of the mirrored images, accumulated in
+    place: no convolution workspace, so on 512 x 512 slices the temporaries stay at two
+    copies of the chunk (a convolution's unfolding cost about 60 MiB more at inference).
+    """
+    radius = int(_TRUNCATE * sigma_px + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_px) ** 2)
+    weights = taps / taps.sum()
+    blurred = images
+    for dim in (-1, -2):
+        padded = _mirrored(blurred, radius, dim)
+        size = images.shape[dim]
+        blurred = padded.narrow(dim, 0, size) * float(weights[0])
+        for shift in range(1, weights.size):
+            blurred.add_(padded.narrow(dim, shift, size), alpha=float(weights[shift]))
+    return blurred
+
+
+def _mirrored(images: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """``images`` padded by ``radius`` on both ends of ``dim``, mirrored about the edge
+    (``d c b a | a b c d``, scipy's "reflect"), for any radius."""
+    size = images.shape[dim]
+    index = torch.arange(-radius, size + radius, device=images.device) % (2 * size)
+    index = torch.where(index >= size, 2 * size - 1 - index, index)
+    return images.index_select(dim, index)
 
 
 def bin_centres() -> np.ndarray:

@@ -219,8 +219,9 @@ def series_style(style: StyleEncoder, pre_contrast: np.ndarray, spacing_yx: tupl
     """
     picked = np.ascontiguousarray(pre_contrast[_style_slices(len(pre_contrast))])
     work = work_volume(normalized(picked), spacing_yx, work_mm)
+    device = next(style.parameters()).device
     with torch.inference_mode():
-        code = style(torch.from_numpy(work)[:, None]).mean(0)
+        code = style(torch.from_numpy(work)[:, None].to(device)).mean(0).cpu()
     return code, native_tissue_quantiles([picked])
 
 
@@ -338,6 +339,7 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
         source_domain: ScannerDomain | None = None,
         target_domain: ScannerDomain | None = None,
         training: dict[str, Any] | None = None,
+        device: str | torch.device | None = None,
     ) -> None:
         style_dim = generator.style.out.out_features
         target_style = torch.as_tensor(target_style, dtype=torch.float32).detach().clone()
@@ -354,7 +356,7 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
                 raise ValueError(f"source_spectrum must be {RADIAL_BINS} finite values")
         super().__init__(generator=generator, work_mm=work_mm, target_scale=target_scale,
                          sharpening=sharpening, source_domain=source_domain,
-                         target_domain=target_domain, training=training)
+                         target_domain=target_domain, training=training, device=device)
         self.target_style = target_style
         self.target_quantiles = quantiles
         self.source_spectrum = source_spectrum
@@ -432,6 +434,7 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
             source_domain=source_domain or self.source_domain,
             target_domain=target_domain,
             training={**self.training, "style_reference_series": len(references)},
+            device=self.device,
         )
         if source:
             model.source_spectrum = model.output_spectrum(source)
@@ -445,12 +448,13 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
         gen = self.generator
         source_style, source_quantiles = series_style(
             gen.style, acquisition.pre_contrast, acquisition.spacing_mm[1:], self.work_mm)
-        matched = match_logits(source_quantiles, self.target_quantiles,
-                               gen.knots)
-        target = self.target_style[None]
+        matched = torch.from_numpy(match_logits(source_quantiles, self.target_quantiles,
+                                                gen.knots))
+        device = self.device
+        target = self.target_style[None].to(device)
         with torch.inference_mode():
-            logits = gen.transfer_logits(torch.from_numpy(matched)[None], source_style[None],
-                                         target)[0]
+            logits = gen.transfer_logits(matched[None].to(device),
+                                         source_style[None].to(device), target)[0]
 
         def log_gain(stacks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
             return gen.log_gain(stacks, target.expand(stacks.shape[0], -1), size,
@@ -458,7 +462,7 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
 
         return harmonize_phases(acquisition, method=self.method, work_mm=self.work_mm,
                                 log_gain=log_gain, logits=logits, sharpening=self.sharpening,
-                                target_scale=self.target_scale)
+                                target_scale=self.target_scale, device=device)
 
     def _architecture(self) -> dict[str, Any]:
         gen = self.generator
