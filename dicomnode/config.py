@@ -57,6 +57,9 @@ class DeliveryPolicy(_Strict):
     backoff_seconds: Annotated[float, Field(gt=0)] = 2.0
     backoff_cap_seconds: Annotated[float, Field(gt=0)] = 300.0
     timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    # Associations a harmonized series is streamed over at once: a DICOM C-STORE waits for
+    # each response, so two in flight hide much of the round trip.
+    stream_associations: Annotated[int, Field(ge=1, le=8)] = 2
 
 
 class AllowedCaller(_Strict):

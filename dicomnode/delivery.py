@@ -8,8 +8,10 @@ released after ``idle_seconds`` or when a job needs presentation contexts they l
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +137,83 @@ class Outbox:
     def close_all(self) -> None:
         for name in list(self._open):
             self._close(name)
+
+
+class StreamingSend:
+    """Sends one job's files to one DICOM destination, in threads, as they are handed over.
+
+    The pipeline hands each harmonized file over the moment it is durable, so the
+    destination stores the series while the rest of it is still being encoded and written:
+    the two overlap instead of following each other. Files go over
+    ``policy.stream_associations`` associations of the stream's own (the pipeline's outbox
+    goes on serving other deliveries meanwhile), each taking the next file, since a C-STORE
+    waits for its response. The first failure stops the stream (later files are not sent)
+    and is kept in :attr:`error`; the pipeline records the finished stream as the
+    delivery's first attempt, and a failed one is retried whole, with backoff, like any
+    other.
+    """
+
+    def __init__(self, calling_ae: str, policy: DeliveryPolicy, name: str,
+                 destination: DicomDestination, job_id: int,
+                 finished: Callable[[], None] = lambda: None) -> None:
+        self.name = name
+        self.job_id = job_id
+        self.error: str | None = None
+        self.sent = 0
+        # Whether the producer handed over the whole series (not cut short by an error).
+        self.complete = False
+        self._finished = finished
+        self._destination = destination
+        self._files: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(Outbox(calling_ae, policy),),
+                             name=f"send-{name}-{index}", daemon=True)
+            for index in range(policy.stream_associations)
+        ]
+        self._running = len(self._threads)
+        for thread in self._threads:
+            thread.start()
+
+    def put(self, path: Path) -> None:
+        self._files.put(path)
+
+    def end(self, complete: bool) -> None:
+        """No more files (``complete``: the whole series was handed over); the stream ends
+        once those handed over are sent, then calls ``finished``."""
+        self.complete = complete
+        for _ in self._threads:
+            self._files.put(None)
+
+    @property
+    def done(self) -> bool:
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def wait(self) -> None:
+        for thread in self._threads:
+            thread.join()
+
+    def _run(self, outbox: Outbox) -> None:
+        try:
+            while (path := self._files.get()) is not None:
+                if self.error is not None:
+                    continue
+                try:
+                    outbox.send(self.name, self._destination, [path], "")
+                except Exception as exc:  # noqa: BLE001 - a dead thread must not read as sent
+                    with self._lock:
+                        self.error = self.error or (
+                            str(exc) if isinstance(exc, DeliveryError) else repr(exc))
+                else:
+                    with self._lock:
+                        self.sent += 1
+        finally:
+            outbox.close_all()
+            with self._lock:
+                self._running -= 1
+                last = self._running == 0
+            if last:
+                self._finished()
 
 
 def _copy_to_folder(files: Sequence[Path], folder: Path) -> None:

@@ -201,11 +201,14 @@ class StoreHandler:
     """
 
     def __init__(
-        self, config: NodeConfig, spool: Spool, ledger: Ledger, metrics: NodeMetrics | None = None
+        self, config: NodeConfig, spool: Spool, ledger: Ledger, metrics: NodeMetrics | None = None,
+        arrived: threading.Event | None = None,
     ) -> None:
         self.spool = spool
         self.ledger = ledger
         self.metrics = metrics
+        # Set after each ledger row, so the pipeline looks for completed series at once.
+        self.arrived = arrived or threading.Event()
         self.max_instance_bytes = config.admission.max_instance_mb * MIB
         self.min_free_disk_mb = config.admission.min_free_disk_mb
         # A write and the next spool file, one instance at a time per association.
@@ -332,6 +335,7 @@ class StoreHandler:
             path.unlink(missing_ok=True)
             log.error("ledger_write_failed", error=str(exc))
             return self._refuse("ledger_write_failed")
+        self.arrived.set()
         verdict = registered.verdict
         if not verdict.accepted:
             # Kept and quarantined for the admin; the sender hears what is wrong (PS3.4 B.2).
@@ -461,9 +465,13 @@ class NodeServer(ThreadedAssociationServer):
 
 
 def start_server(
-    config: NodeConfig, spool: Spool, ledger: Ledger, metrics: NodeMetrics | None = None
+    config: NodeConfig, spool: Spool, ledger: Ledger, metrics: NodeMetrics | None = None,
+    arrived: threading.Event | None = None,
 ) -> NodeServer:
-    """Start the SCP of ``config`` in background threads and return it (call .shutdown())."""
+    """Start the SCP of ``config`` in background threads and return it (call .shutdown()).
+
+    ``arrived`` is set each time an instance's ledger row is committed.
+    """
     log = get_logger()
     ae = AE(ae_title=config.ae_title)
     ae.maximum_pdu_size = config.max_pdu
@@ -478,7 +486,7 @@ def start_server(
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
-    store = StoreHandler(config, spool, ledger, metrics)
+    store = StoreHandler(config, spool, ledger, metrics, arrived)
     handlers: list[EventHandlerType] = [
         (evt.EVT_CONN_OPEN, set_nodelay),
         (evt.EVT_CONN_OPEN, store.on_opened),

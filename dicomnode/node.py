@@ -19,6 +19,10 @@ from dicomnode.spool import Spool
 from harmonizers.base import ModelError
 from harmonizers.registry import load_model
 
+# While instances arrive the pipeline runs this often (the ledger query that finds complete
+# series takes well under a millisecond).
+_BUSY_POLL = 0.05
+
 
 def check_models(rules: RuleSet) -> list[str]:
     """Load every model the rules name; return one problem line per model that fails.
@@ -59,7 +63,9 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> None:
     if recovered:
         log.warning("spool_recovered", instances=recovered)
     metrics = NodeMetrics(config, ledger)
-    pipeline = Pipeline(config, ledger, rules, metrics)
+    # Set by an arriving instance or a finished stream: the pipeline has something to do.
+    wake = threading.Event()
+    pipeline = Pipeline(config, ledger, rules, metrics, wake)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         log.info("node_stopping", signal=signal.Signals(signum).name)
@@ -73,7 +79,7 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> None:
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGHUP, _reload)
 
-    server = start_server(config, Spool(config.spool_dir), ledger, metrics)
+    server = start_server(config, Spool(config.spool_dir), ledger, metrics, wake)
     metrics.start(server.is_serving)
     # Quality reports are made beside the pipeline, so they never delay the images.
     evaluator = Evaluator(config, ledger)
@@ -92,7 +98,12 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> None:
                 reload.clear()
                 pipeline.rules = _reloaded(config, pipeline.rules)
             pipeline.run_once()
-            stop.wait(poll)
+            # An instance that arrives may complete its series (the expected count), and a
+            # finished stream has a delivery to record: look again soon rather than a whole
+            # poll later, at most every _BUSY_POLL seconds.
+            if wake.wait(poll):
+                wake.clear()
+                stop.wait(_BUSY_POLL)
     finally:
         metrics.stop()
         server.shutdown()

@@ -7,9 +7,11 @@ network -> spool/ledger -> assembly -> routing -> harmonizer -> provenance -> de
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
 
@@ -22,9 +24,9 @@ from dicomnode.assembly import (
     read_header,
     unsupported_reason,
 )
-from dicomnode.config import NodeConfig
-from dicomnode.delivery import DeliveryError, Outbox, backoff_seconds
-from dicomnode.ledger import Instance, Job, Ledger
+from dicomnode.config import DicomDestination, NodeConfig
+from dicomnode.delivery import DeliveryError, Outbox, StreamingSend, backoff_seconds
+from dicomnode.ledger import Delivery, Instance, Job, Ledger
 from dicomnode.logs import get_logger
 from dicomnode.metrics import NodeMetrics
 from dicomnode.provenance import Provenance, config_hash, derived_series
@@ -34,13 +36,16 @@ from dicomnode.spool import write_durably
 from harmonizers.base import ModelError
 from harmonizers.registry import load_model
 
+# Derived files being written (fsync) at once while the next ones are encoded.
+_WRITES_IN_FLIGHT = 4
+
 
 class Pipeline:
     """Moves every job one step per call of :meth:`run_once`."""
 
     def __init__(
         self, config: NodeConfig, ledger: Ledger, rules: RuleSet,
-        metrics: NodeMetrics | None = None,
+        metrics: NodeMetrics | None = None, wake: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -48,6 +53,12 @@ class Pipeline:
         self.metrics = metrics
         self.outbox = Outbox(config.ae_title, config.delivery)
         self.started_at = time.time()
+        self._writers = ThreadPoolExecutor(_WRITES_IN_FLIGHT, thread_name_prefix="output")
+        # Sends still running from production, by destination: one at a time per destination;
+        # the outbox leaves that destination alone until it is collected.
+        self._streams: dict[str, StreamingSend] = {}
+        # Set when there is work for :meth:`run_once` (a stream finished).
+        self.wake = wake or threading.Event()
 
     def run_once(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -56,12 +67,17 @@ class Pipeline:
             self._guarded(job, self.route)
         for job in self.ledger.jobs(["routed"]):
             self._guarded(job, self.produce)
+        self.collect_streams(now)
         self.deliver_due(now)
         self.outbox.close_idle()
         self.purge_expired(now)
 
     def close(self) -> None:
+        for send in self._streams.values():
+            send.wait()
+        self.collect_streams(time.time())
         self.outbox.close_all()
+        self._writers.shutdown()
 
     def _guarded(self, job: Job, step: Callable[[Job], None]) -> None:
         """Run one step; an unexpected error fails that job and leaves the others running."""
@@ -130,14 +146,14 @@ class Pipeline:
         if rule is None:
             self.ledger.update_job(job.id, "complete", f"rule {job.rule!r} is gone; routing again")
             return
+        destinations = rule.destinations or self.config.default_destinations
+        harmonize = rule.action == "harmonize"
         try:
-            harmonize = rule.action == "harmonize"
-            output_dir = self._harmonize(job, rule) if harmonize else None
+            output_dir = self._harmonize(job, rule, destinations) if harmonize else None
         except (AssemblyError, ModelError) as exc:
             log.warning("job_quarantined", reason=str(exc))
             self.ledger.update_job(job.id, "quarantined", str(exc), reason=str(exc))
             return
-        destinations = rule.destinations or self.config.default_destinations
         self.ledger.add_deliveries(job.id, destinations)
         if harmonize and rule.evaluate:
             self.ledger.request_report(job.id, destinations)
@@ -158,7 +174,16 @@ class Pipeline:
             )
         return chain
 
-    def _harmonize(self, job: Job, rule: Rule) -> Path:
+    def _harmonize(
+        self, job: Job, rule: Rule, destinations: list[str]
+    ) -> Path:
+        """Harmonize the job's acquisition and write the derived series to its folder.
+
+        Each derived file goes to the job's DICOM destinations as soon as it is durable
+        (:class:`StreamingSend`; not to a destination still busy with an earlier job's
+        stream, which the outbox serves afterwards); :meth:`collect_streams` records the
+        outcome once the job is harmonized and the send has finished.
+        """
         assert rule.method and rule.model
         instances = self._version_instances(job)
         # Deferred reads: each slice's pixels are loaded when assembly reaches it, then
@@ -181,40 +206,105 @@ class Pipeline:
             target_domain=str(loaded.card.get("target_domain", "unknown")),
         )
         output_dir = job_dir(self.config, job.id) / "out"
-        for index, ds in enumerate(derived_series(assembled, harmonized, provenance)):
+        sends = [
+            StreamingSend(self.config.ae_title, self.config.delivery, name, destination, job.id,
+                          self.wake.set)
+            for name in destinations
+            if name not in self._streams
+            and isinstance(destination := self.config.destinations[name], DicomDestination)
+        ]
+        self._streams.update({send.name: send for send in sends})
+        complete = False
+        try:
+            self._write_series(output_dir, derived_series(assembled, harmonized, provenance),
+                               sends)
+            complete = True
+        finally:
+            for send in sends:
+                send.end(complete)
+        return output_dir
+
+    def _write_series(
+        self, output_dir: Path, series: Iterator[Dataset], sends: list[StreamingSend]
+    ) -> None:
+        """Encode each derived instance and write it durably, handing it to ``sends`` in order.
+
+        A durable write waits on two fsyncs without holding the GIL, so the writes run in a
+        small pool while the next instances are encoded; at most ``_WRITES_IN_FLIGHT``
+        encoded files wait in memory.
+        """
+        pending: deque[Future[Path]] = deque()
+
+        def hand_over() -> None:
+            path = pending.popleft().result()
+            for send in sends:
+                send.put(path)
+
+        for index, ds in enumerate(series):
             buffer = BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
-            write_durably(output_dir, f"{index:05d}.dcm", buffer.getvalue())
-        return output_dir
+            pending.append(self._writers.submit(
+                write_durably, output_dir, f"{index:05d}.dcm", buffer.getvalue()))
+            while len(pending) > _WRITES_IN_FLIGHT or (pending and pending[0].done()):
+                hand_over()
+        while pending:
+            hand_over()
 
     # --- deliver -------------------------------------------------------------------------
 
+    def collect_streams(self, now: float) -> None:
+        """Record each finished stream as its delivery's first attempt.
+
+        A stream cut short (its job failed while writing) records nothing: what it sent is
+        sent again, with the same UIDs, when the job is retried.
+        """
+        for name, send in list(self._streams.items()):
+            if not send.done:
+                continue
+            del self._streams[name]
+            job = self.ledger.job(send.job_id)
+            if not send.complete or job is None or job.state != "harmonized":
+                continue
+            for delivery in self.ledger.deliveries(send.job_id, kind="images"):
+                if delivery.destination == name and delivery.state == "pending":
+                    self._record_attempt(delivery, send.error, send.sent, now)
+            self._finish_if_done(send.job_id)
+
     def deliver_due(self, now: float) -> None:
-        policy = self.config.delivery
         for delivery in self.ledger.due_deliveries(now):
+            if delivery.destination in self._streams:
+                continue  # its stream is still sending; one association at a time
             job = self.ledger.job(delivery.job_id)
             assert job is not None
-            log = get_logger(job_id=job.id, destination=delivery.destination,
-                             kind=delivery.kind)
             files = self._files(job, delivery.kind)
             destination = self.config.destinations[delivery.destination]
             try:
                 self.outbox.send(delivery.destination, destination, files, f"job-{job.id:08d}")
             except (DeliveryError, OSError, ValueError) as exc:
-                attempts = delivery.attempts + 1
-                dead = attempts >= policy.max_attempts
-                retry_at = now + backoff_seconds(attempts, policy)
-                self.ledger.record_attempt(
-                    delivery.id, "failed" if dead else "pending", str(exc), retry_at
-                )
-                log.warning("delivery_failed", attempt=attempts, error=str(exc), final=dead)
-                if self.metrics:
-                    self.metrics.delivery_failed(delivery.destination)
+                self._record_attempt(delivery, str(exc), len(files), now)
             else:
-                self.ledger.record_attempt(delivery.id, "delivered", None, now)
-                log.info("delivery_done", instances=len(files))
+                self._record_attempt(delivery, None, len(files), now)
             if delivery.kind == "images":
                 self._finish_if_done(job.id)
+
+    def _record_attempt(
+        self, delivery: Delivery, error: str | None, files: int, now: float
+    ) -> None:
+        """Delivered, or failed: retried after a backoff, or dead after the last try."""
+        log = get_logger(job_id=delivery.job_id, destination=delivery.destination,
+                         kind=delivery.kind)
+        if error is None:
+            self.ledger.record_attempt(delivery.id, "delivered", None, now)
+            log.info("delivery_done", instances=files)
+            return
+        policy = self.config.delivery
+        attempts = delivery.attempts + 1
+        dead = attempts >= policy.max_attempts
+        retry_at = now + backoff_seconds(attempts, policy)
+        self.ledger.record_attempt(delivery.id, "failed" if dead else "pending", error, retry_at)
+        log.warning("delivery_failed", attempt=attempts, error=error, final=dead)
+        if self.metrics:
+            self.metrics.delivery_failed(delivery.destination)
 
     def _files(self, job: Job, kind: str) -> list[Path]:
         if kind == "report":

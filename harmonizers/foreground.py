@@ -101,13 +101,16 @@ def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     """
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = ndimage.generate_binary_structure(2, 1)
-    labels, _ = ndimage.label(~mask, structure=structure)
+    labels, count = ndimage.label(~mask, structure=structure)
     border = np.concatenate(
         [labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(),
          labels[:, :, -1].ravel()]
     )
-    outside = np.isin(labels, np.unique(border[border > 0]))
-    return ~outside
+    # A per-label table looked up once per voxel (np.isin sorts: 4x slower at 512^2 x 48).
+    inside = np.ones(count + 1, dtype=bool)
+    inside[border] = False
+    inside[0] = True
+    return inside[labels]
 
 
 def large_components(mask: np.ndarray, fraction: float = _MIN_COMPONENT_FRACTION

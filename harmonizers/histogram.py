@@ -120,11 +120,12 @@ class HistogramHarmonizer(Harmonizer):
     def _harmonize(self, acquisition: Acquisition) -> np.ndarray:
         x, y = self.mapping(acquisition.pre_contrast)
         out = np.empty(acquisition.pixels.shape, dtype=np.float32)
-        # Slice by slice keeps the float64 temporaries to one slice: a series' memory is its
-        # input and its output.
+        # Slice by slice keeps the temporaries to one slice: a series' memory is its input
+        # and its output.
         for phase, volume in enumerate(acquisition.pixels):
             for z, plane in enumerate(volume):
-                out[phase, z] = np.maximum(piecewise_linear(plane, x, y), 0.0)
+                np.maximum(piecewise_linear(plane, x, y, out=out[phase, z]), 0.0,
+                           out=out[phase, z])
         return out
 
     def save(self, folder: Path) -> None:
@@ -171,8 +172,10 @@ def foreground_landmarks(volume: np.ndarray, percentiles: Sequence[float]) -> np
     return landmarks
 
 
-def piecewise_linear(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Evaluate the piecewise-linear function through knots ``(x, y)``, float64.
+def piecewise_linear(
+    values: np.ndarray, x: np.ndarray, y: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Evaluate the piecewise-linear function through knots ``(x, y)``, in ``values``' dtype.
 
     Beyond the end knots it continues linearly with the overall slope ``(y[-1] - y[0]) /
     (x[-1] - x[0])`` (``np.interp`` would hold the end values: enhancement would be clipped).
@@ -182,12 +185,26 @@ def piecewise_linear(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.nda
     patients, end-segment slopes amplified enhancement and made the all-phase Wasserstein
     distance to the reference worse for ge-3t and siemens-1.5t; the overall slope improved
     it for every profile (figures in the model cards).
+
+    Each segment is a line ``k v + b``, in float32 for float32 images. A voxel's segment is
+    the number of knots at or below it, counted with one vectorized comparison per knot:
+    with a dozen knots that is a few times faster than a binary search per voxel
+    (``np.searchsorted``, ``np.interp``) on a 512 x 512 slice, and gives the same segments.
     """
-    out = np.interp(values, x, y)
     slope = (y[-1] - y[0]) / (x[-1] - x[0])
-    below, above = values < x[0], values > x[-1]
-    out[below] = y[0] + (values[below] - x[0]) * slope
-    out[above] = y[-1] + (values[above] - x[-1]) * slope
+    k = np.concatenate([[slope], np.diff(y) / np.diff(x), [slope]])
+    # Segment i runs from knot i - 1; the two outer ones are anchored at the end knots.
+    b = np.concatenate([[y[0]], y[:-1], [y[-1]]]) - k * np.concatenate([[x[0]], x[:-1], [x[-1]]])
+    dtype = values.dtype if values.dtype.kind == "f" else np.dtype(np.float64)
+    segment = np.zeros(values.shape, dtype=np.uint8 if x.size < 255 else np.intp)
+    above = np.empty(values.shape, dtype=bool)
+    for knot in x.astype(dtype):
+        np.greater_equal(values, knot, out=above)
+        segment += above
+    # mode="clip" skips the bounds check (segments are in range by construction): ~2x faster.
+    out = np.take(k.astype(dtype), segment, out=out, mode="clip")
+    out *= values
+    out += np.take(b.astype(dtype), segment, mode="clip")
     return out
 
 

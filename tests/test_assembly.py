@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomnode.assembly import AssemblyError, assemble, group_acquisitions, unsupported_reason
+from dicomnode.assembly import (
+    AssemblyError,
+    assemble,
+    group_acquisitions,
+    stored_values,
+    unsupported_reason,
+)
 from harmonizers.domain import ScannerDomain
 from tests.samples import read_sample
 
@@ -84,3 +90,18 @@ def test_missing_manufacturer_or_field_is_a_stated_reason() -> None:
     ds.MagneticFieldStrength = "15000"
     ds.Manufacturer = ""
     assert unsupported_reason(ds) == "Manufacturer (0008,0070) is missing"
+
+
+@pytest.mark.parametrize("folder", ["ge-signa-architect-3t-multiphase", "siemens-prisma-3t-prone",
+                                    "philips-achieva-3t-dynamics"])
+@pytest.mark.parametrize("signed", [False, True])
+def test_stored_values_are_what_pydicom_decodes(folder: str, signed: bool) -> None:
+    ds = read_sample(folder)[0]
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, int(signed)
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 65536, (int(ds.Rows), int(ds.Columns)), dtype=np.uint16)
+    ds.PixelData = values.tobytes()
+    np.testing.assert_array_equal(stored_values(ds), ds.pixel_array)
+    assert stored_values(ds).dtype == ds.pixel_array.dtype
+    ds.BitsStored, ds.HighBit = 12, 11  # partial bits: pydicom's decoder, not the bytes
+    np.testing.assert_array_equal(stored_values(ds), ds.pixel_array)

@@ -102,6 +102,20 @@ def test_mapping_is_monotone_and_extrapolates(harmonizer: HistogramHarmonizer) -
     assert values[-1] > y[-1] + (y[-1] - y[0])  # kept rising far past the last knot
 
 
+def test_piecewise_linear_is_interp_between_knots_and_a_line_beyond() -> None:
+    x = np.array([10.0, 20.0, 50.0, 55.0, 100.0])
+    y = np.array([0.0, 5.0, 40.0, 80.0, 90.0])
+    inside = np.linspace(10.0, 100.0, 1001)
+    np.testing.assert_allclose(piecewise_linear(inside, x, y), np.interp(inside, x, y),
+                               rtol=1e-12, atol=1e-9)
+    slope = 90.0 / 90.0
+    np.testing.assert_allclose(piecewise_linear(np.array([0.0, 130.0]), x, y),
+                               [-10.0 * slope, 90.0 + 30.0 * slope])
+    as_float32 = piecewise_linear(inside.astype(np.float32), x, y)
+    assert as_float32.dtype == np.float32
+    np.testing.assert_allclose(as_float32, np.interp(inside, x, y), atol=1e-4)
+
+
 def test_same_mapping_for_every_phase(harmonizer: HistogramHarmonizer) -> None:
     acq = source_scan(2, 1.7)
     pixels = acq.pixels.copy()
