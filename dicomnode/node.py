@@ -13,6 +13,7 @@ from dicomnode.logs import get_logger
 from dicomnode.metrics import NodeMetrics
 from dicomnode.network import start_server
 from dicomnode.pipeline import Pipeline
+from dicomnode.production import Producer
 from dicomnode.quality_reports import Evaluator
 from dicomnode.routing import RuleSet
 from dicomnode.spool import Spool
@@ -65,7 +66,10 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> None:
     metrics = NodeMetrics(config, ledger)
     # Set by an arriving instance or a finished stream: the pipeline has something to do.
     wake = threading.Event()
-    pipeline = Pipeline(config, ledger, rules, metrics, wake)
+    # Harmonizing runs in a child process, started now: its imports take seconds.
+    producer = Producer()
+    producer.start()
+    pipeline = Pipeline(config, ledger, rules, metrics, wake, producer)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         log.info("node_stopping", signal=signal.Signals(signum).name)

@@ -3,23 +3,26 @@
 Each step reads a job's state from the ledger, does one thing, and writes the next state, so
 a restart resumes every unfinished job from where the ledger says it is. Data flows one way:
 network -> spool/ledger -> assembly -> routing -> harmonizer -> provenance -> delivery.
+
+One overlap: while a harmonized series is written, each file already on disk is streamed to
+the rule's DICOM destinations (:class:`StreamingSend`), and the finished stream is recorded
+as the delivery's first attempt. Nothing about it lives outside the ledger: after a crash
+the job is produced again or, if its series was written, its delivery is pending and the
+outbox sends the whole series; either way with the same UIDs.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from io import BytesIO
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
 from dicomnode.assembly import (
     AssemblyError,
-    assemble,
     group_acquisitions,
     read_header,
     unsupported_reason,
@@ -29,15 +32,11 @@ from dicomnode.delivery import DeliveryError, Outbox, StreamingSend, backoff_sec
 from dicomnode.ledger import Delivery, Instance, Job, Ledger
 from dicomnode.logs import get_logger
 from dicomnode.metrics import NodeMetrics
-from dicomnode.provenance import Provenance, config_hash, derived_series
+from dicomnode.production import Producer, ProductionTask
+from dicomnode.provenance import config_hash
 from dicomnode.retention import DAY_SECONDS, job_dir, purge_job
 from dicomnode.routing import Rule, RuleSet
-from dicomnode.spool import write_durably
 from harmonizers.base import ModelError
-from harmonizers.registry import load_model
-
-# Derived files being written (fsync) at once while the next ones are encoded.
-_WRITES_IN_FLIGHT = 4
 
 
 class Pipeline:
@@ -46,6 +45,7 @@ class Pipeline:
     def __init__(
         self, config: NodeConfig, ledger: Ledger, rules: RuleSet,
         metrics: NodeMetrics | None = None, wake: threading.Event | None = None,
+        producer: Producer | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -53,7 +53,9 @@ class Pipeline:
         self.metrics = metrics
         self.outbox = Outbox(config.ae_title, config.delivery)
         self.started_at = time.time()
-        self._writers = ThreadPoolExecutor(_WRITES_IN_FLIGHT, thread_name_prefix="output")
+        # Production in this process unless the caller gives a producer (the node gives one
+        # with a child process).
+        self.producer = producer or Producer(in_process=True)
         # Sends still running from production, by destination: one at a time per destination;
         # the outbox leaves that destination alone until it is collected.
         self._streams: dict[str, StreamingSend] = {}
@@ -77,7 +79,7 @@ class Pipeline:
             send.wait()
         self.collect_streams(time.time())
         self.outbox.close_all()
-        self._writers.shutdown()
+        self.producer.close()
 
     def _guarded(self, job: Job, step: Callable[[Job], None]) -> None:
         """Run one step; an unexpected error fails that job and leaves the others running."""
@@ -174,38 +176,25 @@ class Pipeline:
             )
         return chain
 
-    def _harmonize(
-        self, job: Job, rule: Rule, destinations: list[str]
-    ) -> Path:
+    def _harmonize(self, job: Job, rule: Rule, destinations: list[str]) -> Path:
         """Harmonize the job's acquisition and write the derived series to its folder.
 
-        Each derived file goes to the job's DICOM destinations as soon as it is durable
-        (:class:`StreamingSend`; not to a destination still busy with an earlier job's
-        stream, which the outbox serves afterwards); :meth:`collect_streams` records the
-        outcome once the job is harmonized and the send has finished.
+        The producer does the work (in the node, a child process); each derived file goes to
+        the job's DICOM destinations as soon as it is durable (:class:`StreamingSend`; not
+        to a destination still busy with an earlier job's stream, which the outbox serves
+        afterwards); :meth:`collect_streams` records the outcome once the job is harmonized
+        and the send has finished.
         """
         assert rule.method and rule.model
-        instances = self._version_instances(job)
-        # Deferred reads: each slice's pixels are loaded when assembly reaches it, then
-        # dropped, so the series is in memory once, as float32.
-        assembled = assemble([dcmread(i.path, defer_size="64 KB") for i in instances])
-        acquisition = assembled.acquisition
-        loaded = load_model(rule.method, rule.model)
-        loaded.check_source(acquisition.domain)
-        started = time.perf_counter()
-        harmonized = loaded.harmonizer.harmonize(acquisition)
-        if self.metrics:
-            self.metrics.observe_harmonize(time.perf_counter() - started)
-        provenance = Provenance(
+        output_dir = job_dir(self.config, job.id) / "out"
+        task = ProductionTask(
+            source_paths=tuple(i.path for i in self._version_instances(job)),
             method=rule.method,
-            model=loaded.name,
-            model_sha256=loaded.sha256,
+            model=rule.model,
             rule=rule.name,
             config_hash=config_hash(rule.model_dump(mode="json")),
-            source_domain=acquisition.domain.name if acquisition.domain else "unknown",
-            target_domain=str(loaded.card.get("target_domain", "unknown")),
+            output_dir=str(output_dir),
         )
-        output_dir = job_dir(self.config, job.id) / "out"
         sends = [
             StreamingSend(self.config.ae_title, self.config.delivery, name, destination, job.id,
                           self.wake.set)
@@ -214,41 +203,21 @@ class Pipeline:
             and isinstance(destination := self.config.destinations[name], DicomDestination)
         ]
         self._streams.update({send.name: send for send in sends})
+
+        def hand_over(path: Path) -> None:
+            for send in sends:
+                send.put(path)
+
         complete = False
         try:
-            self._write_series(output_dir, derived_series(assembled, harmonized, provenance),
-                               sends)
+            produced = self.producer.run(task, hand_over)
             complete = True
         finally:
             for send in sends:
                 send.end(complete)
+        if self.metrics:
+            self.metrics.observe_harmonize(produced.harmonize_seconds)
         return output_dir
-
-    def _write_series(
-        self, output_dir: Path, series: Iterator[Dataset], sends: list[StreamingSend]
-    ) -> None:
-        """Encode each derived instance and write it durably, handing it to ``sends`` in order.
-
-        A durable write waits on two fsyncs without holding the GIL, so the writes run in a
-        small pool while the next instances are encoded; at most ``_WRITES_IN_FLIGHT``
-        encoded files wait in memory.
-        """
-        pending: deque[Future[Path]] = deque()
-
-        def hand_over() -> None:
-            path = pending.popleft().result()
-            for send in sends:
-                send.put(path)
-
-        for index, ds in enumerate(series):
-            buffer = BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            pending.append(self._writers.submit(
-                write_durably, output_dir, f"{index:05d}.dcm", buffer.getvalue()))
-            while len(pending) > _WRITES_IN_FLIGHT or (pending and pending[0].done()):
-                hand_over()
-        while pending:
-            hand_over()
 
     # --- deliver -------------------------------------------------------------------------
 
@@ -273,7 +242,7 @@ class Pipeline:
     def deliver_due(self, now: float) -> None:
         for delivery in self.ledger.due_deliveries(now):
             if delivery.destination in self._streams:
-                continue  # its stream is still sending; one association at a time
+                continue  # a stream is still sending there: the outbox waits its turn
             job = self.ledger.job(delivery.job_id)
             assert job is not None
             files = self._files(job, delivery.kind)

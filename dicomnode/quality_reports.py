@@ -12,10 +12,7 @@ the images are untouched.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import threading
-import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -26,6 +23,7 @@ from pydicom import dcmread
 
 from dicomnode import __version__
 from dicomnode.assembly import assemble
+from dicomnode.child_process import child_pool
 from dicomnode.config import NodeConfig
 from dicomnode.ledger import Ledger, Report
 from dicomnode.logs import get_logger
@@ -36,7 +34,6 @@ from evaluation.sidecar import Thresholds
 
 REPORT_FILE = "quality-report.dcm"
 _NICENESS = 10
-_WATCH_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -75,20 +72,6 @@ def make_report(task: ReportTask) -> tuple[str, str]:
     report.save_as(buffer, enforce_file_format=True)
     path = write_durably(Path(task.report_dir), REPORT_FILE, buffer.getvalue())
     return str(path), str(assessment.verdict)
-
-
-def _child_setup(node_pid: int) -> None:
-    """Run niced, so that on a busy machine receiving and delivering come first, and end
-    with the node: a node killed with -9 must not leave its evaluator behind (the worker
-    holds both ends of its task queue, so it would wait for work forever)."""
-    os.nice(_NICENESS)
-
-    def watch() -> None:
-        while os.getppid() == node_pid:
-            time.sleep(_WATCH_SECONDS)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="node-watch", daemon=True).start()
 
 
 class Evaluator:
@@ -143,10 +126,8 @@ class Evaluator:
 
     def _submit(self, task: ReportTask) -> Future[tuple[str, str]]:
         if self._pool is None:
-            # spawn: forking a process that runs threads (the SCP, this one) is unsafe.
-            self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_child_setup, initargs=(os.getpid(),))
+            # Niced: on a busy machine, receiving and delivering come first.
+            self._pool = child_pool(_NICENESS)
         return self._pool.submit(make_report, task)
 
     def serve(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:

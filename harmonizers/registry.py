@@ -6,35 +6,38 @@ model folder and its card.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from harmonizers.base import Harmonizer, ModelError
-from harmonizers.cyclegan import CycleGANHarmonizer
-from harmonizers.histogram import HistogramHarmonizer
 from harmonizers.model_store import LoadedModel, load_model_folder
-from harmonizers.physics import PhysicsHarmonizer
-from harmonizers.stylemapper import StyleMapperHarmonizer
 
-# Later methods (cyclegan, stylemapper, physics) register here with their ``method`` name.
-HARMONIZERS: dict[str, type[Harmonizer]] = {
-    cls.method: cls for cls in (HistogramHarmonizer, CycleGANHarmonizer, StyleMapperHarmonizer,
-                                PhysicsHarmonizer)
+# Method name -> the class that implements it, imported when first asked for: a node whose
+# rules name only histogram or physics never loads torch (about a second and 200 MB, in
+# each of its processes).
+_CLASSES: dict[str, str] = {
+    "histogram": "harmonizers.histogram:HistogramHarmonizer",
+    "cyclegan": "harmonizers.cyclegan:CycleGANHarmonizer",
+    "stylemapper": "harmonizers.stylemapper:StyleMapperHarmonizer",
+    "physics": "harmonizers.physics:PhysicsHarmonizer",
 }
 
 
 def available_methods() -> list[str]:
     """Registered method names, sorted."""
-    return sorted(HARMONIZERS)
+    return sorted(_CLASSES)
 
 
 def harmonizer_class(method: str) -> type[Harmonizer]:
     """The class registered as ``method``; ModelError if there is none."""
     try:
-        return HARMONIZERS[method]
+        module, name = _CLASSES[method].split(":")
     except KeyError:
         raise ModelError(
             f"unknown harmonization method {method!r}; available: {', '.join(available_methods())}"
         ) from None
+    cls: type[Harmonizer] = getattr(importlib.import_module(module), name)
+    return cls
 
 
 def load_model(method: str, name: str, *, root: Path | None = None) -> LoadedModel:

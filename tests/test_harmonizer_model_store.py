@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from dicomnode.paths import models_dir
 from harmonizers import make_models
 from harmonizers.domain import ScannerDomain
 from harmonizers.model_store import CARD_FILE, ModelError, save_model, sha256_file
-from harmonizers.registry import available_methods, load_model
+from harmonizers.registry import available_methods, harmonizer_class, load_model
 from tests.test_harmonizer_histogram import SOURCE, TARGET, fitted, source_scan
 
 NAME = "histogram-ge-1.5t_to_siemens-3t"
@@ -101,6 +103,21 @@ def test_unknown_method(root: Path) -> None:
     with pytest.raises(ModelError, match=r"unknown harmonization method 'magic'.*histogram"):
         load_model("magic", NAME, root=root)
     assert "histogram" in available_methods()
+
+
+def test_every_registered_name_is_its_class_method() -> None:
+    for method in available_methods():
+        assert harmonizer_class(method).method == method
+
+
+def test_a_histogram_model_loads_without_torch(root: Path) -> None:
+    # The node's processes import the method a rule names, not every method.
+    code = ("import sys; from pathlib import Path; from harmonizers.registry import load_model; "
+            f"load_model('histogram', {NAME!r}, root=Path({str(root)!r})); "
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "False", done.stderr
 
 
 def test_card_for_another_method(root: Path) -> None:

@@ -10,7 +10,7 @@ from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts
 
-import dicomnode.pipeline as pipeline_module
+import dicomnode.production as production_module
 from dicomnode.spool import write_durably
 from tests.peers import free_port, wait_for
 from tests.pipeline_harness import Harness
@@ -85,7 +85,7 @@ def test_the_destination_gets_files_while_the_series_is_written(
         written.append(name)
         return write_durably(folder, name, data)
 
-    monkeypatch.setattr(pipeline_module, "write_durably", after_the_first_is_sent)
+    monkeypatch.setattr(production_module, "write_durably", after_the_first_is_sent)
     harness.receive(sample_files(GE_MULTIPHASE))
     harness.run(now=NOW, ticks=1)
     job = harness.ledger.job(1)
@@ -134,7 +134,7 @@ def test_a_stream_cut_short_by_a_failed_write_records_nothing_and_the_retry_rese
             raise failures.pop()
         return write_durably(folder, name, data)
 
-    monkeypatch.setattr(pipeline_module, "write_durably", disk_full_once)
+    monkeypatch.setattr(production_module, "write_durably", disk_full_once)
     harness.receive(sample_files(GE_MULTIPHASE))
     harness.run(now=NOW, ticks=1)
     job = harness.ledger.job(1)

@@ -115,6 +115,15 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _niceness(pid: int) -> int:
+    """A process's nice value (field 19 of /proc/PID/stat); 0 if it has ended."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0
+    return int(fields[16])
+
+
 def _kill(node: Node) -> None:
     assert node.process is not None
     node.process.kill()
@@ -180,13 +189,15 @@ def test_crash_mid_delivery_resends_without_duplicates(study: Path, tmp_path: Pa
         wait_for(lambda: stored() >= 20, 120, "delivery to start")
         assert node.process is not None
         pid = node.process.pid
-        # The quality report's worker process starts beside delivery; it must die with the node.
-        wait_for(lambda: bool(_children(pid)), 60, "the evaluator's worker")
+        # The quality report's worker (the niced child) starts beside delivery; it and the
+        # production worker must die with the node.
+        wait_for(lambda: any(_niceness(child) > 0 for child in _children(pid)), 60,
+                 "the evaluator's worker")
         workers = _children(pid)
         _kill(node)
         assert 20 <= stored() < len(sent)
         wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 15,
-                 "the evaluator's worker to end with the node")
+                 "the node's workers to end with the node")
         _restart_and_check(tmp_path / "node", pacs, sent)
     finally:
         pacs.stop()
