@@ -16,8 +16,19 @@ from concurrent.futures import ProcessPoolExecutor
 _WATCH_SECONDS = 1.0
 
 
+# Children run with numpy's transparent-huge-page advice off unless the environment says
+# otherwise. Each job faults in a few hundred MB of fresh arrays, once; with THP on "madvise"
+# (Debian's default) numpy's advice makes the kernel compact memory at fault time. On the
+# development VM that cost about 0.9 s of a 3-4 s production of a 6 x 48 x 512² series
+# (docs/benchmarks.md); the arrays are streamed through, so huge pages buy little back.
+_NUMPY_THP = ("NUMPY_MADVISE_HUGEPAGE", "0")
+
+
 def child_pool(niceness: int = 0) -> ProcessPoolExecutor:
     """A one-process pool whose worker runs at ``niceness`` and exits when the node does."""
+    # numpy reads the variable when it is imported, which in a spawned child is before any
+    # initializer runs; the child inherits this process's environment.
+    os.environ.setdefault(*_NUMPY_THP)
     return ProcessPoolExecutor(
         max_workers=1, mp_context=multiprocessing.get_context("spawn"),
         initializer=_child_setup, initargs=(os.getpid(), niceness))
