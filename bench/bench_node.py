@@ -190,6 +190,9 @@ def bench_end_to_end(work: Path, matrix: int, slices: int) -> dict[str, float]:
                     matrix=matrix, slices=slices)
     (study,) = (work / "sim").glob("*/ge-1.5t")
     files = list((study / "dicom").rglob("*.dcm"))
+    # The simulator's files are still being written back: the node's fsyncs would wait
+    # behind them, and the direct transfer, which does not fsync, would not.
+    os.sync()
     count = len(files)
     pixel_mb = count * matrix * matrix * 2 / 2**20
 

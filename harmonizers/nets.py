@@ -63,8 +63,10 @@ MIN_WORK_PIXELS = 16
 # Pixel spacing coarser than this multiple of the working grid would be upsampled into
 # detail the networks never saw.
 MAX_SPACING_FACTOR = 2.0
-# Slices per forward pass at inference: bounds the temporaries to a few slices' worth.
-_CHUNK = 4
+# Slices per forward pass at inference: bounds the temporaries to a few slices' worth. With
+# 4 the 512² peak came within 1-2 % of the 3x budget and over it in one run of `make bench`
+# (294 of 288 MiB); with 2 it is 225-241 MiB at the same speed (`python -m bench.bench_deep`).
+_CHUNK = 2
 # Sample size for the robust series scale; the whole volume says no more.
 _SCALE_SAMPLE = 1 << 20
 
