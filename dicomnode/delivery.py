@@ -187,7 +187,9 @@ class StreamingSend:
 
     @property
     def done(self) -> bool:
-        return not any(thread.is_alive() for thread in self._threads)
+        """Every thread has finished (``finished`` is called at this moment)."""
+        with self._lock:
+            return self._running == 0
 
     def wait(self) -> None:
         for thread in self._threads:
