@@ -208,8 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # Deep models are written into a hidden folder beside the models folder (not in it:
     # every folder in it must be a model) and renamed into place when complete, so an
-    # interrupted run leaves no half-written model; checkpoints wait there too.
-    checkpoints = root.parent / f".{root.name}.{args.method}.partial" if deep else None
+    # interrupted run leaves no half-written model; checkpoints wait there too. One folder
+    # per method and sources: the same command run again resumes, and runs for other
+    # sources can go on beside it (sharing one, the first to finish deleted the others').
+    sources = "+".join(args.sources)
+    checkpoints = root.parent / f".{root.name}.{args.method}.{sources}.partial" if deep else None
     target = [render(seed, REFERENCE)[0] for seed in tqdm(TARGET_SEEDS, desc=REFERENCE)]
     for source in args.sources:
         cohort = [render(seed, source)[0] for seed in tqdm(SOURCE_SEEDS, desc=source)]
@@ -231,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             evaluation=evaluate(harmonizer, source),
         )
         if checkpoints:
+            root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(root / name, ignore_errors=True)
             os.replace(folder, root / name)
         mean = card.evaluation["mean"]["all_phases"]

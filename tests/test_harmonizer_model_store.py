@@ -14,7 +14,10 @@ import yaml
 
 from dicomnode.paths import models_dir
 from harmonizers import make_models
+from harmonizers.acquisition import Acquisition
+from harmonizers.base import Harmonizer
 from harmonizers.domain import ScannerDomain
+from harmonizers.histogram import HistogramHarmonizer
 from harmonizers.model_store import CARD_FILE, ModelError, save_model, sha256_file
 from harmonizers.registry import available_methods, harmonizer_class, load_model
 from tests.test_harmonizer_histogram import SOURCE, TARGET, fitted, source_scan
@@ -195,3 +198,27 @@ def test_evaluate_only_rewrites_just_the_evaluation(tmp_path: Path) -> None:
     assert after["evaluation"]["command"] == "python -m harmonizers.make_models " + " ".join(argv)
     assert after["evaluation"]["mean"] == before["evaluation"]["mean"]  # a deterministic model
     assert load_model("histogram", name, root=tmp_path).sha256 == before["sha256"]
+
+
+def test_deep_runs_for_other_sources_stage_and_checkpoint_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs of `make_models --method cyclegan --sources S` side by side (one GPU, several
+    sources) must not share a staging folder: the first to finish used to delete it under
+    the others."""
+    staged: list[Path | None] = []
+
+    def quick_fit(method: str, source: str, cohort: list[Acquisition],
+                  target: list[Acquisition], checkpoints: Path | None = None) -> Harmonizer:
+        staged.append(checkpoints)
+        return HistogramHarmonizer.fit(cohort, target)  # the staging is what is tested
+
+    monkeypatch.setattr(make_models, "fit", quick_fit)
+    root = tmp_path / "models"
+    other = tmp_path / ".models.cyclegan.philips-1.5t.partial"
+    other.mkdir()
+    argv = ["--method", "cyclegan", "--out", str(root), "--sources", "ge-1.5t"]
+    assert make_models.main(argv) == 0
+    assert staged == [tmp_path / ".models.cyclegan.ge-1.5t.partial"]
+    assert (root / "cyclegan-ge-1.5t_to_siemens-3t" / CARD_FILE).is_file()
+    assert other.is_dir() and not (tmp_path / ".models.cyclegan.ge-1.5t.partial").exists()
