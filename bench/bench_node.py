@@ -33,8 +33,10 @@ from tests.peers import (
     PEER_ENV,
     Node,
     Orthanc,
+    child_pids,
     echo,
     free_port,
+    niceness,
     stop_process,
     storescu,
     wait_for,
@@ -79,14 +81,9 @@ def _node_peak_rss_mb(node: Node) -> float:
     report worker (so: the production worker, and multiprocessing's resource tracker),
     summed, read before the node stops. The quality report's own peak is bench_sidecar's."""
     assert node.process is not None
-    pids = [node.process.pid]
-    for children in Path(f"/proc/{node.process.pid}/task").glob("*/children"):
-        pids += [int(pid) for pid in children.read_text().split()]
+    workers = {pid for pid in child_pids(node.process.pid) if niceness(pid) == 0}
     total = 0.0
-    for pid in pids:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        if pid != node.process.pid and int(stat[16]) > 0:
-            continue  # niced: the quality-report worker
+    for pid in [node.process.pid, *workers]:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 total += int(line.split()[1]) / 1024

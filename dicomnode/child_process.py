@@ -20,7 +20,8 @@ _WATCH_SECONDS = 1.0
 # otherwise. Each job faults in a few hundred MB of fresh arrays, once; with THP on "madvise"
 # (Debian's default) numpy's advice makes the kernel compact memory at fault time. On the
 # development VM that cost about 0.9 s of a 3-4 s production of a 6 x 48 x 512² series
-# (docs/benchmarks.md); the arrays are streamed through, so huge pages buy little back.
+# (alternating runs with the variable at 1 and 0, in the issue 5 note of 2026-11-26); the
+# arrays are streamed through, so huge pages buy little back.
 _NUMPY_THP = ("NUMPY_MADVISE_HUGEPAGE", "0")
 
 

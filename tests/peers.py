@@ -83,6 +83,23 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
             process.wait(5)
 
 
+def child_pids(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (Linux /proc)."""
+    found: set[int] = set()
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        found.update(int(c) for c in children.read_text().split())
+    return found
+
+
+def niceness(pid: int) -> int:
+    """A process's nice value (field 19 of /proc/PID/stat); 0 if it has ended."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0
+    return int(fields[16])
+
+
 def echo(ae_title: str, port: int) -> bool:
     """C-ECHO with DCMTK's echoscu: is the SCP up?"""
     result = subprocess.run(

@@ -8,7 +8,7 @@ import pytest
 
 from dicomnode.production import Producer, ProductionTask
 from harmonizers.base import ModelError
-from tests.peers import wait_for
+from tests.peers import child_pids, wait_for
 from tests.pipeline_harness import MODEL
 from tests.samples import sample_files
 
@@ -21,13 +21,8 @@ def _task(folder: str, output: Path) -> ProductionTask:
 
 def _workers() -> set[int]:
     """This process's production children (not multiprocessing's resource tracker)."""
-    found = set()
-    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
-        for pid in children.read_text().split():
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"spawn_main" in cmdline:
-                found.add(int(pid))
-    return found
+    return {pid for pid in child_pids(os.getpid())
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()}
 
 
 @pytest.fixture

@@ -25,8 +25,10 @@ from tests.peers import (
     PEER_ENV,
     Node,
     Orthanc,
+    child_pids,
     echo,
     have,
+    niceness,
     storescu,
     storescu_args,
     wait_for,
@@ -107,23 +109,6 @@ def _derived_sources(pacs: Orthanc, jobs: int = 1) -> list[str]:
     return sources
 
 
-def _children(pid: int) -> set[int]:
-    """The live child processes of ``pid`` (Linux /proc)."""
-    found: set[int] = set()
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        found.update(int(c) for c in children.read_text().split())
-    return found
-
-
-def _niceness(pid: int) -> int:
-    """A process's nice value (field 19 of /proc/PID/stat); 0 if it has ended."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0
-    return int(fields[16])
-
-
 def _kill(node: Node) -> None:
     assert node.process is not None
     node.process.kill()
@@ -191,9 +176,9 @@ def test_crash_mid_delivery_resends_without_duplicates(study: Path, tmp_path: Pa
         pid = node.process.pid
         # The quality report's worker (the niced child) starts beside delivery; it and the
         # production worker must die with the node.
-        wait_for(lambda: any(_niceness(child) > 0 for child in _children(pid)), 60,
+        wait_for(lambda: any(niceness(child) > 0 for child in child_pids(pid)), 60,
                  "the evaluator's worker")
-        workers = _children(pid)
+        workers = child_pids(pid)
         _kill(node)
         assert 20 <= stored() < len(sent)
         wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 15,
