@@ -69,8 +69,12 @@ def _ingest_series(folder: Path) -> Path:
 
 
 def _timed_send(folder: Path, ae_title: str, port: int) -> float:
+    """Send every file under ``folder`` in path order, which is instance order for the
+    simulator's series: a scanner sends a series in order (storescu's own scan of a folder
+    follows the file system's order, which is not)."""
+    files = sorted(folder.rglob("*.dcm"))
     started = time.perf_counter()
-    result = storescu([folder], ae_title, port)
+    result = storescu(files, ae_title, port)
     if result.returncode != 0:
         raise RuntimeError(f"storescu failed: {result.stderr}")
     return time.perf_counter() - started

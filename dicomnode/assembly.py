@@ -253,48 +253,77 @@ def stored_values(ds: Dataset) -> np.ndarray:
     return ds.pixel_array
 
 
-def _real_world_into(ds: Dataset, out: np.ndarray) -> None:
-    """The instance's real-world values (Modality LUT: rescale slope and intercept) in ``out``.
+def rescale(ds: Dataset) -> tuple[float, float]:
+    """The instance's Modality LUT as (RescaleSlope, RescaleIntercept); (1, 0) when absent."""
+    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
-    In place: no float32 temporaries per slice, and no arithmetic for the identity rescale.
-    """
+
+def slice_values(ds: Dataset, shape: tuple[int, ...]) -> np.ndarray:
+    """The stored values of one slice of a series whose slices are ``shape``; AssemblyError
+    when it has no pixels, several frames, or another shape."""
     if "PixelData" not in ds:
         raise AssemblyError(f"instance {ds.get('SOPInstanceUID', '?')} has no PixelData")
     pixels = stored_values(ds)
     if pixels.ndim != 2:
         raise AssemblyError(f"expected one frame per instance, got pixel shape {pixels.shape}")
-    if pixels.shape != out.shape:
+    if pixels.shape != shape:
         raise AssemblyError(f"instance {ds.get('SOPInstanceUID', '?')}: pixel shape "
-                            f"{pixels.shape}, the series' is {out.shape}")
-    out[...] = pixels
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+                            f"{pixels.shape}, the series' is {shape}")
+    return pixels
+
+
+def _real_world_into(ds: Dataset, out: np.ndarray) -> None:
+    """The instance's real-world values (Modality LUT: rescale slope and intercept) in ``out``.
+
+    In place: no float32 temporaries per slice, and no arithmetic for the identity rescale.
+    """
+    out[...] = slice_values(ds, out.shape)
+    slope, intercept = rescale(ds)
     if slope != 1.0:
         out *= np.float32(slope)
     if intercept != 0.0:
         out += np.float32(intercept)
 
 
-def assemble(datasets: Sequence[Dataset]) -> AssembledAcquisition:
-    """Build the 4D acquisition from one group's full datasets (with pixel data).
+def ordered_sources(datasets: Sequence[Dataset]) -> list[list[Dataset]]:
+    """One group's datasets, checked, each instance once, as [phase][slice] (no pixels read).
 
     An instance sent twice (a scanner resending after a timeout) counts once: the last copy
-    in ``datasets`` wins, so pass them in arrival order. The pixels move from the datasets
-    into the acquisition (their PixelData is deleted), so a series is held in memory once.
+    in ``datasets`` wins, so pass them in arrival order.
     """
     for ds in datasets:
         reason = unsupported_reason(ds)
         if reason:
             raise AssemblyError(f"instance {ds.get('SOPInstanceUID', '?')}: {reason}")
     latest = {str(ds.SOPInstanceUID): ds for ds in datasets}
-    phases = order_phases(list(latest.values()))
+    return order_phases(list(latest.values()))
+
+
+def assemble(datasets: Sequence[Dataset]) -> AssembledAcquisition:
+    """Build the 4D acquisition from one group's full datasets (with pixel data).
+
+    Instances sent twice count once (see :func:`ordered_sources`). The pixels move from the
+    datasets into the acquisition (their PixelData is deleted), so a series is held in
+    memory once.
+    """
+    return assemble_phases(ordered_sources(datasets))
+
+
+def assemble_phases(
+    phases: Sequence[Sequence[Dataset]], keep_pixels: bool = False
+) -> AssembledAcquisition:
+    """The acquisition of phases that :func:`ordered_sources` returned (or the first of them).
+
+    Moves the pixels out of the datasets, as :func:`assemble` does, unless ``keep_pixels``.
+    """
     first = phases[0][0]
     pixels = np.empty((len(phases), len(phases[0]), int(first.Rows), int(first.Columns)),
                       dtype=np.float32)
     for p, phase in enumerate(phases):
         for z, ds in enumerate(phase):
             _real_world_into(ds, pixels[p, z])
-            del ds.PixelData
+            if not keep_pixels:
+                del ds.PixelData
     positions = [_position(ds) for ds in phases[0]]
     slice_gap = float(np.median(np.diff(positions))) if len(positions) > 1 else 0.0
     z_spacing = slice_gap or float(first.get("SliceThickness") or 1.0)

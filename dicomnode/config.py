@@ -155,6 +155,9 @@ class NodeConfig(_Strict):
     # the whole series again (its output replaces the old, same UIDs); "quarantine" holds
     # the late instances for an admin.
     late_instances: Literal["new-version", "quarantine"] = "new-version"
+    # Harmonize and send a multiphase series while it arrives (dicomnode/head_start.py);
+    # off: a job starts when its study is complete.
+    head_start: bool = True
     rules: Path = Field(default_factory=lambda: conf_dir() / "rules.yaml")
     destinations: dict[str, Destination] = Field(
         default_factory=lambda: {"local": _default_folder()}

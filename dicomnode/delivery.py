@@ -154,9 +154,10 @@ class StreamingSend:
     """
 
     def __init__(self, calling_ae: str, policy: DeliveryPolicy, name: str,
-                 destination: DicomDestination, job_id: int,
+                 destination: DicomDestination, job_id: int | None,
                  finished: Callable[[], None] = lambda: None) -> None:
         self.name = name
+        # None while a head start's job is not made yet (dicomnode/head_start.py).
         self.job_id = job_id
         self.error: str | None = None
         self.sent = 0

@@ -285,6 +285,18 @@ class Ledger:
             ).fetchall()
         return [row["study_uid"] for row in rows]
 
+    def arriving_series(self) -> list[tuple[str, str]]:
+        """(study, series) of multiphase series still arriving: unclaimed instances, fewer
+        than the expected count their header gives, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT study_uid, series_uid FROM instances"
+                " WHERE job_id IS NULL AND study_uid IS NOT NULL AND series_uid IS NOT NULL"
+                " AND expected IS NOT NULL GROUP BY study_uid, series_uid"
+                " HAVING COUNT(DISTINCT sop_instance_uid) < MAX(expected) ORDER BY MIN(id)"
+            ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
     def unclaimed(self, study_uid: str | None) -> list[Instance]:
         """Instances of a study (or, for None, unreadable ones) that no job holds yet."""
         with self._lock:

@@ -29,6 +29,7 @@ from dicomnode.assembly import (
 )
 from dicomnode.config import DicomDestination, NodeConfig
 from dicomnode.delivery import DeliveryError, Outbox, StreamingSend, backoff_seconds
+from dicomnode.head_start import HeadStart, head_start_folder, remove_unadopted
 from dicomnode.ledger import Delivery, Instance, Job, Ledger
 from dicomnode.logs import get_logger
 from dicomnode.metrics import NodeMetrics
@@ -61,20 +62,32 @@ class Pipeline:
         self._streams: dict[str, StreamingSend] = {}
         # Set when there is work for :meth:`run_once` (a stream finished).
         self.wake = wake or threading.Event()
+        # At most one series produced while it arrives (the producer has one child), and
+        # the series not to try again (their rule does not harmonize them, say).
+        self._head_start: HeadStart | None = None
+        self._no_head_start: set[str] = set()
+        remove_unadopted(self._head_starts_dir,
+                         {job.output_dir for job in ledger.jobs() if job.output_dir})
 
     def run_once(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         self.claim_settled(now)
+        self.advance_head_start()
         for job in self.ledger.jobs(["complete"]):
             self._guarded(job, self.route)
+        self._drop_orphaned_head_start()
         for job in self.ledger.jobs(["routed"]):
-            self._guarded(job, self.produce)
+            if not self._waits_for_head_start(job):
+                self._guarded(job, self.produce)
         self.collect_streams(now)
         self.deliver_due(now)
         self.outbox.close_idle()
         self.purge_expired(now)
 
     def close(self) -> None:
+        if self._head_start is not None:
+            self._head_start.cancel("the node is stopping")
+            self._head_start = None
         for send in self._streams.values():
             send.wait()
         self.collect_streams(time.time())
@@ -118,6 +131,85 @@ class Pipeline:
         else:
             log.info("job_complete", instances=len(group.instance_ids),
                      supersedes=earlier[-1] if earlier else None)
+
+    # --- head start (dicomnode/head_start.py) ---------------------------------------------
+
+    @property
+    def _head_starts_dir(self) -> Path:
+        return self.config.jobs_dir / "arriving"
+
+    def advance_head_start(self) -> None:
+        """Feed the running head start what arrived, hand its files to the streams; or start
+        one for the oldest multiphase series still arriving that a rule harmonizes."""
+        if self._head_start is not None:
+            head_start = self._head_start
+            head_start.feed(self.ledger.unclaimed(head_start.study_uid))
+            head_start.hand_over()
+            return
+        if not self.config.head_start or self.ledger.jobs(["complete", "routed"]):
+            return  # (the child is wanted for those first)
+        arriving = self.ledger.arriving_series()
+        self._no_head_start &= {series_uid for _, series_uid in arriving}
+        for study_uid, series_uid in arriving:
+            if series_uid not in self._no_head_start:
+                self._no_head_start.add(series_uid)  # one try per series
+                self._start_head_start(study_uid, series_uid)
+                return
+
+    def _start_head_start(self, study_uid: str, series_uid: str) -> None:
+        instances = [i for i in self.ledger.unclaimed(study_uid) if i.series_uid == series_uid]
+        if not instances or self.ledger.series_jobs([series_uid]):
+            return  # a later version of a series is produced whole
+        try:
+            header = read_header(Path(instances[0].path))
+        except AssemblyError:
+            return
+        rule = self.rules.route(header).rule
+        if rule.action != "harmonize" or unsupported_reason(header):
+            return
+        head_start = HeadStart(
+            head_start_folder(self._head_starts_dir), study_uid, series_uid, rule,
+            config_hash(rule.model_dump(mode="json")), self.producer,
+            self._start_streams(rule.destinations or self.config.default_destinations, None))
+        head_start.feed(instances)
+        self._head_start = head_start
+        get_logger(study_uid=study_uid, series_uid=series_uid, rule=rule.name).info(
+            "head_start", instances=len(instances))
+
+    def _drop_orphaned_head_start(self) -> None:
+        """Cancel the head start once its series is in a job that will not adopt it (one
+        that routing quarantined, say)."""
+        head_start = self._head_start
+        if head_start is None:
+            return
+        jobs = self.ledger.series_jobs([head_start.series_uid])
+        job = self.ledger.job(jobs[-1]) if jobs else None
+        if job is not None and job.state != "routed":
+            self._head_start = None
+            head_start.cancel(f"job {job.id} of the series is {job.state}")
+
+    def _waits_for_head_start(self, job: Job) -> bool:
+        """A job to harmonize waits while the child is busy with another series' head start."""
+        head_start = self._head_start
+        rule = self.rules.rule(job.rule) if job.rule else None
+        return (head_start is not None and rule is not None and rule.action == "harmonize"
+                and head_start.series_uid not in {i.series_uid
+                                                  for i in self.ledger.instances(job.id)})
+
+    def _adopt_head_start(self, job: Job, rule: Rule, instances: list[Instance]) -> Path | None:
+        """The output folder of the head start this job adopts, or None (cancelled if any)."""
+        head_start, self._head_start = self._head_start, None
+        if head_start is None:
+            return None
+        if not head_start.adoptable(instances, rule, config_hash(rule.model_dump(mode="json"))):
+            head_start.cancel(f"job {job.id} differs from it (instances, rule or a failure)")
+            return None
+        produced = head_start.finish(instances, job.id)
+        if produced is None:
+            return None
+        if self.metrics:
+            self.metrics.observe_harmonize(produced.harmonize_seconds)
+        return head_start.output_dir
 
     # --- route ---------------------------------------------------------------------------
 
@@ -186,23 +278,20 @@ class Pipeline:
         and the send has finished.
         """
         assert rule.method and rule.model
+        instances = self._version_instances(job)
+        adopted = self._adopt_head_start(job, rule, instances)
+        if adopted is not None:
+            return adopted
         output_dir = job_dir(self.config, job.id) / "out"
         task = ProductionTask(
-            source_paths=tuple(i.path for i in self._version_instances(job)),
+            source_paths=tuple(i.path for i in instances),
             method=rule.method,
             model=rule.model,
             rule=rule.name,
             config_hash=config_hash(rule.model_dump(mode="json")),
             output_dir=str(output_dir),
         )
-        sends = [
-            StreamingSend(self.config.ae_title, self.config.delivery, name, destination, job.id,
-                          self.wake.set)
-            for name in destinations
-            if name not in self._streams
-            and isinstance(destination := self.config.destinations[name], DicomDestination)
-        ]
-        self._streams.update({send.name: send for send in sends})
+        sends = self._start_streams(destinations, job.id)
 
         def hand_over(path: Path) -> None:
             for send in sends:
@@ -219,25 +308,39 @@ class Pipeline:
             self.metrics.observe_harmonize(produced.harmonize_seconds)
         return output_dir
 
+    def _start_streams(self, destinations: list[str], job_id: int | None) -> list[StreamingSend]:
+        """A stream to each DICOM destination that has none running (those that have get
+        the series from the outbox afterwards)."""
+        sends = [
+            StreamingSend(self.config.ae_title, self.config.delivery, name, destination, job_id,
+                          self.wake.set)
+            for name in destinations
+            if name not in self._streams
+            and isinstance(destination := self.config.destinations[name], DicomDestination)
+        ]
+        self._streams.update({send.name: send for send in sends})
+        return sends
+
     # --- deliver -------------------------------------------------------------------------
 
     def collect_streams(self, now: float) -> None:
         """Record each finished stream as its delivery's first attempt.
 
-        A stream cut short (its job failed while writing) records nothing: what it sent is
-        sent again, with the same UIDs, when the job is retried.
+        A stream cut short (its job failed while writing, or its head start was cancelled)
+        records nothing: what it sent is sent again, with the same UIDs, when the job is
+        retried or produced.
         """
         for name, send in list(self._streams.items()):
             if not send.done:
                 continue
             del self._streams[name]
-            job = self.ledger.job(send.job_id)
+            job = self.ledger.job(send.job_id) if send.job_id is not None else None
             if not send.complete or job is None or job.state != "harmonized":
                 continue
-            for delivery in self.ledger.deliveries(send.job_id, kind="images"):
+            for delivery in self.ledger.deliveries(job.id, kind="images"):
                 if delivery.destination == name and delivery.state == "pending":
                     self._record_attempt(delivery, send.error, send.sent, now)
-            self._finish_if_done(send.job_id)
+            self._finish_if_done(job.id)
 
     def deliver_due(self, now: float) -> None:
         for delivery in self.ledger.due_deliveries(now):

@@ -14,25 +14,46 @@ from __future__ import annotations
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Protocol, TypeVar
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
-from dicomnode.assembly import assemble
+from dicomnode.assembly import assemble_phases, ordered_sources, rescale
 from dicomnode.child_process import child_pool
-from dicomnode.provenance import Provenance, derived_series
+from dicomnode.provenance import Derivation, Provenance, derived_series
 from dicomnode.spool import write_durably
+from dicomnode.value_tables import OutputTables, stored_range
+from harmonizers.domain import ScannerDomain
+from harmonizers.model_store import LoadedModel
 from harmonizers.registry import load_model
 
 # Derived files being written (fsync) at once while the next ones are encoded.
 _WRITES_IN_FLIGHT = 4
 # How often the pipeline looks for the next file while the child writes them.
 _POLL_SECONDS = 0.005
+# Deferred reads: a slice's pixels are read when they are needed, then dropped.
+DEFER_SIZE = "64 KB"
+
+T = TypeVar("T")
+
+
+class Recipe(Protocol):
+    """How a series is harmonized: what the derived instances' provenance names."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def config_hash(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -60,45 +81,115 @@ def output_name(index: int) -> str:
 def produce_series(task: ProductionTask) -> Produced:
     """Harmonize the task's acquisition and write its derived series durably, in order.
 
+    A method that is a function of each voxel's value is applied by table, slice by slice
+    (:mod:`dicomnode.value_tables`); any other gets the whole float acquisition.
     Raises AssemblyError or ModelError (the job is quarantined with the message) for what
     cannot be harmonized.
     """
-    # Deferred reads: each slice's pixels are loaded when assembly reaches it, then
-    # dropped, so the series is in memory once, as float32.
-    assembled = assemble([dcmread(p, defer_size="64 KB") for p in task.source_paths])
-    acquisition = assembled.acquisition
+    # Deferred reads: each slice's pixels are loaded when they are needed, then dropped, so
+    # the series is in memory once at most.
+    phases = ordered_sources([dcmread(p, defer_size=DEFER_SIZE) for p in task.source_paths])
     loaded = load_model(task.method, task.model)
-    loaded.check_source(acquisition.domain)
     started = time.perf_counter()
-    harmonized = loaded.harmonizer.harmonize(acquisition)
+    made = ByTable.start(task, loaded, phases[0],
+                         {rescale(ds) for phase in phases for ds in phase})
+    instances: Iterator[Dataset]
+    if made is not None:
+        instances = (made.derive(ds) for phase in phases for ds in phase)
+    else:
+        assembled = assemble_phases(phases)
+        loaded.check_source(assembled.acquisition.domain)
+        harmonized = loaded.harmonizer.harmonize(assembled.acquisition)
+        provenance = provenance_of(task, loaded, assembled.acquisition.domain)
+        instances = derived_series(assembled, harmonized, provenance)
     harmonize_seconds = time.perf_counter() - started
-    provenance = Provenance(
+    with OrderedWriter(Path(task.output_dir)) as writer:
+        for ds in instances:
+            writer.write(ds)
+    return Produced(writer.count, harmonize_seconds)
+
+
+class ByTable:
+    """Derives each instance of a series by table, from its pre-contrast phase."""
+
+    def __init__(self, tables: OutputTables, derivation: Derivation) -> None:
+        self.tables = tables
+        self.derivation = derivation
+
+    @classmethod
+    def start(cls, task: Recipe, loaded: LoadedModel, pre_contrast: Sequence[Dataset],
+              rescales: set[tuple[float, float]]) -> ByTable | None:
+        """Tables for the series' ``rescales``; None when the method is not a value map or
+        the pixels cannot be tabulated."""
+        acquisition = assemble_phases([pre_contrast], keep_pixels=True).acquisition
+        loaded.check_source(acquisition.domain)
+        value_map = loaded.harmonizer.value_map(acquisition)
+        if value_map is None or stored_range(pre_contrast[0]) is None:
+            return None
+        tables = OutputTables(value_map, pre_contrast[0], rescales)
+        provenance = provenance_of(task, loaded, acquisition.domain)
+        return cls(tables, Derivation(provenance, tables.encoding(pre_contrast)))
+
+    def derive(self, ds: Dataset) -> Dataset:
+        stored = self.tables.stored(ds)
+        del ds.PixelData  # read when looked up, dropped at once: one slice in memory
+        return self.derivation.instance(ds, stored)
+
+
+def provenance_of(task: Recipe, loaded: LoadedModel,
+                domain: ScannerDomain | None) -> Provenance:
+    return Provenance(
         method=task.method,
         model=loaded.name,
         model_sha256=loaded.sha256,
         rule=task.rule,
         config_hash=task.config_hash,
-        source_domain=acquisition.domain.name if acquisition.domain else "unknown",
+        source_domain=domain.name if domain else "unknown",
         target_domain=str(loaded.card.get("target_domain", "unknown")),
     )
-    output_dir = Path(task.output_dir)
-    files = 0
-    # A durable write waits on two fsyncs without holding the GIL, so the writes run in a
-    # small pool while the next instances are encoded; at most _WRITES_IN_FLIGHT encoded
-    # files wait in memory.
-    with ThreadPoolExecutor(_WRITES_IN_FLIGHT, thread_name_prefix="output") as writers:
-        pending: deque[Future[Path]] = deque()
-        for index, ds in enumerate(derived_series(assembled, harmonized, provenance)):
-            buffer = BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            pending.append(writers.submit(write_durably, output_dir, output_name(index),
-                                          buffer.getvalue()))
-            while len(pending) > _WRITES_IN_FLIGHT:
-                pending.popleft().result()
-            files += 1
-        while pending:
-            pending.popleft().result()
-    return Produced(files, harmonize_seconds)
+
+
+class OrderedWriter:
+    """Writes instances durably as 00000.dcm, 00001.dcm, ... in the order given.
+
+    A durable write waits on two fsyncs without holding the GIL, so the writes run in a
+    small pool while the next instances are made; at most _WRITES_IN_FLIGHT encoded files
+    wait in memory.
+    """
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self.count = 0
+        self._writers = ThreadPoolExecutor(_WRITES_IN_FLIGHT, thread_name_prefix="output")
+        self._pending: deque[Future[Path]] = deque()
+
+    def write(self, ds: Dataset) -> None:
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        self._pending.append(self._writers.submit(
+            write_durably, self.output_dir, output_name(self.count), buffer.getvalue()))
+        self.count += 1
+        while len(self._pending) > _WRITES_IN_FLIGHT:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> OrderedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._writers.shutdown()
+
+
+def hand_over_ready(output_dir: Path, handed: int, on_file: Callable[[Path], None]) -> int:
+    """Call ``on_file`` with each durable output file from number ``handed`` on, in order;
+    return how many have been handed over now."""
+    while (path := output_dir / output_name(handed)).exists():
+        on_file(path)
+        handed += 1
+    return handed
 
 
 def _ready() -> None:
@@ -110,7 +201,8 @@ class _DiedBeforeOutput(Exception):
 
 
 class Producer:
-    """Runs :func:`produce_series` in a child process (or, ``in_process``, a thread: tests)."""
+    """Runs :func:`produce_series` and :func:`produce_arriving` in a child process (or,
+    ``in_process``, a thread: tests)."""
 
     def __init__(self, in_process: bool = False) -> None:
         self.in_process = in_process
@@ -137,6 +229,15 @@ class Producer:
             raise RuntimeError(f"the production process died twice on this job ({exc.__cause__});"
                                " out of memory?") from exc
 
+    def submit(self, work: Callable[[T], Produced], task: T) -> Future[Produced]:
+        """Start ``work(task)`` in the child and return at once (a series still arriving:
+        :func:`dicomnode.arriving.produce_arriving`)."""
+        try:
+            return self._executor().submit(work, task)
+        except BrokenProcessPool:  # the child died between jobs
+            self.close()
+            return self._executor().submit(work, task)
+
     def _run(self, task: ProductionTask, on_file: Callable[[Path], None]) -> Produced:
         output_dir = Path(task.output_dir)
         # A previous attempt's files must not be taken for this one's.
@@ -149,9 +250,7 @@ class Producer:
         handed = 0
         while True:
             done = future.done()
-            while (path := output_dir / output_name(handed)).exists():
-                on_file(path)
-                handed += 1
+            handed = hand_over_ready(output_dir, handed, on_file)
             if done:
                 break
             wait([future], timeout=_POLL_SECONDS)

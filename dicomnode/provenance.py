@@ -40,7 +40,7 @@ from dicomnode.assembly import AssembledAcquisition
 
 PRIVATE_GROUP = 0x0011
 PRIVATE_CREATOR = "DICOMNODE HARMONIZATION 1"
-_MAX_STORED = 65535
+MAX_STORED = 65535
 _UID_NAMESPACE = uuid.UUID("6b1f3c2e-8d4a-5f0e-9a7b-2c3d4e5f6a7b")  # dicomnode's own
 
 # Elements that describe the old pixel values and would now be wrong.
@@ -126,14 +126,35 @@ def _source_image(source: Dataset) -> Dataset:
     return item
 
 
-def _encoding(values: np.ndarray) -> tuple[float, float, float]:
-    """RescaleSlope for uint16 storage, and a window (centre, width) from the intensities."""
-    top = float(np.max(values)) if values.size else 0.0
-    slope = top / _MAX_STORED if top > 0 else 1.0
-    # A window needs no exact percentiles: a strided million voxels spares a series copy.
-    sample = values.reshape(-1)[:: max(1, values.size // 1_000_000)]
-    low, high = (float(v) for v in np.percentile(sample, [1.0, 99.5]))
-    return slope, (low + high) / 2, max(high - low, slope)
+@dataclass(frozen=True)
+class Encoding:
+    """How a derived series stores its values: uint16 times ``slope``, and a display window."""
+
+    slope: float
+    centre: float
+    width: float
+
+    @classmethod
+    def of(cls, top: float, pre_contrast: np.ndarray) -> Encoding:
+        """For values up to ``top``; the window from the harmonized pre-contrast phase.
+
+        The window is a default for display (its p1..p99.5); the pre-contrast is known before
+        the later phases, so a series made as it arrives gets the same window.
+        """
+        slope = cls.slope_for(top)
+        # A window needs no exact percentiles: a strided million voxels spares a copy.
+        sample = pre_contrast.reshape(-1)[:: max(1, pre_contrast.size // 1_000_000)]
+        low, high = (float(v) for v in np.percentile(sample, [1.0, 99.5]))
+        return cls(slope, (low + high) / 2, max(high - low, slope))
+
+    @staticmethod
+    def slope_for(top: float) -> float:
+        """The RescaleSlope that stores values up to ``top`` in uint16."""
+        return top / MAX_STORED if top > 0 else 1.0
+
+    def stored(self, values: np.ndarray) -> np.ndarray:
+        """Real-world values (non-negative, at most ``top``) as stored uint16."""
+        return np.rint(values / self.slope).clip(0, MAX_STORED).astype(np.uint16)
 
 
 def _ds_number(value: float) -> str:
@@ -181,31 +202,40 @@ def derived_series(
     for phase in values:
         phase[~np.isfinite(phase)] = 0.0
         np.maximum(phase, 0.0, out=phase)
-    slope, centre, width = _encoding(values)
-    when = dt.datetime.now(dt.UTC)
-    series_uids = {uid: _derived_uid(uid, provenance) for uid in assembled.series_uids}
+    encoding = Encoding.of(float(np.max(values)) if values.size else 0.0, values[0])
+    derivation = Derivation(provenance, encoding)
     for phase, sources in enumerate(assembled.sources):
         for index, source in enumerate(sources):
-            ds = _derive_one(source, provenance, when, series_uids)
-            stored = np.rint(values[phase, index] / slope).clip(0, _MAX_STORED).astype(np.uint16)
-            ds.BitsAllocated = 16
-            ds.BitsStored = 16
-            ds.HighBit = 15
-            ds.PixelRepresentation = 0
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.RescaleSlope = _ds_number(slope)
-            ds.RescaleIntercept = "0"
-            ds.WindowCenter = _ds_number(centre)
-            ds.WindowWidth = _ds_number(width)
-            ds.PixelData = stored.tobytes()
-            ds["PixelData"].VR = "OW"
-            yield ds
+            yield derivation.instance(source, encoding.stored(values[phase, index]))
 
 
-def _derive_one(
-    source: Dataset, provenance: Provenance, when: dt.datetime, series_uids: dict[str, str]
-) -> Dataset:
+class Derivation:
+    """What every derived instance of one series shares: provenance, encoding and time."""
+
+    def __init__(self, provenance: Provenance, encoding: Encoding) -> None:
+        self.provenance = provenance
+        self.encoding = encoding
+        self.when = dt.datetime.now(dt.UTC)
+
+    def instance(self, source: Dataset, stored: np.ndarray) -> Dataset:
+        """The derived instance of ``source`` with the stored values ``stored`` (uint16)."""
+        ds = _derive_one(source, self.provenance, self.when)
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.RescaleSlope = _ds_number(self.encoding.slope)
+        ds.RescaleIntercept = "0"
+        ds.WindowCenter = _ds_number(self.encoding.centre)
+        ds.WindowWidth = _ds_number(self.encoding.width)
+        ds.PixelData = np.ascontiguousarray(stored, dtype=np.uint16).tobytes()
+        ds["PixelData"].VR = "OW"
+        return ds
+
+
+def _derive_one(source: Dataset, provenance: Provenance, when: dt.datetime) -> Dataset:
     ds = Dataset()
     for tag in source.keys():  # noqa: SIM118 - iterating a Dataset decodes every element
         if tag not in _STALE_TAGS and not tag.is_private:
@@ -215,7 +245,7 @@ def _derive_one(
             ds[tag] = element if isinstance(element, RawDataElement) else copy.copy(element)
     source_series = str(source.SeriesInstanceUID)
     ds.SOPInstanceUID = _derived_uid(str(source.SOPInstanceUID), provenance)
-    ds.SeriesInstanceUID = series_uids[source_series]
+    ds.SeriesInstanceUID = _derived_uid(source_series, provenance)
     ds.SeriesNumber = int(source.get("SeriesNumber") or 0) + 1000
     suffix = f" [harmonized {provenance.method}]"
     ds.SeriesDescription = (str(source.get("SeriesDescription", "")) + suffix)[-64:].strip()

@@ -27,6 +27,8 @@ def purge_job(ledger: Ledger, config: NodeConfig, job: Job) -> int:
     for instance in instances:
         Path(instance.path).unlink(missing_ok=True)
     shutil.rmtree(job_dir(config, job.id), ignore_errors=True)
+    if job.output_dir:  # a head start's folder (dicomnode/head_start.py) holds the output
+        shutil.rmtree(Path(job.output_dir).parent, ignore_errors=True)
     ledger.mark_purged(job.id)
     get_logger(job_id=job.id).info("job_purged", state=job.state, instances=len(instances))
     return len(instances)

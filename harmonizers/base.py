@@ -10,7 +10,7 @@ series at a time.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, Self
 
@@ -18,6 +18,9 @@ import numpy as np
 
 from harmonizers.acquisition import Acquisition
 from harmonizers.domain import ScannerDomain
+
+# A function of a voxel's own value: real-world values in, target values out (any float).
+ValueMap = Callable[[np.ndarray], np.ndarray]
 
 
 class ModelError(ValueError):
@@ -60,6 +63,18 @@ class Harmonizer(ABC):
     @abstractmethod
     def load(cls, folder: Path) -> Self:
         """Read the weights that :meth:`save` wrote; raise ValueError if they are invalid."""
+
+    def value_map(self, pre_contrast: Acquisition) -> ValueMap | None:
+        """The method as one function of each voxel's own value, if it is one.
+
+        For a method whose output at a voxel depends only on that voxel's value, through a
+        function fitted on the pre-contrast (``pre_contrast``: the acquisition's first phase,
+        or the whole acquisition) and then the same for every voxel and phase, return that
+        function: the node applies it by table to integer pixels, as each slice comes
+        (:mod:`dicomnode.value_tables`). None, the default, for methods that look at
+        neighbours or at other phases.
+        """
+        return None
 
     def harmonize(self, acquisition: Acquisition) -> np.ndarray:
         """Map every phase of ``acquisition`` into the target domain.

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from harmonizers.acquisition import Acquisition
-from harmonizers.base import Harmonizer, common_domain
+from harmonizers.base import Harmonizer, ValueMap, common_domain
 from harmonizers.domain import ScannerDomain
 from harmonizers.foreground import breast_foreground
 from harmonizers.json_weights import load_json_weights, save_json_weights
@@ -117,15 +117,23 @@ class HistogramHarmonizer(Harmonizer):
         y = t_low + self.target_landmarks * (t_high - t_low)
         return x, y
 
+    def value_map(self, pre_contrast: Acquisition) -> ValueMap:
+        """``max(f(v), 0)``: the map is a function of each voxel's value (see the module)."""
+        x, y = self.mapping(pre_contrast.pre_contrast)
+
+        def standardize(values: np.ndarray) -> np.ndarray:
+            return np.maximum(piecewise_linear(values, x, y), 0.0)
+
+        return standardize
+
     def _harmonize(self, acquisition: Acquisition) -> np.ndarray:
-        x, y = self.mapping(acquisition.pre_contrast)
+        standardize = self.value_map(acquisition)
         out = np.empty(acquisition.pixels.shape, dtype=np.float32)
         # Slice by slice keeps the temporaries to one slice: a series' memory is its input
         # and its output.
         for phase, volume in enumerate(acquisition.pixels):
             for z, plane in enumerate(volume):
-                np.maximum(piecewise_linear(plane, x, y, out=out[phase, z]), 0.0,
-                           out=out[phase, z])
+                out[phase, z] = standardize(plane)
         return out
 
     def save(self, folder: Path) -> None:

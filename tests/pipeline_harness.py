@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from dicomnode.config import NodeConfig
 from dicomnode.intake import register
 from dicomnode.ledger import Ledger
@@ -60,3 +62,12 @@ class Harness:
     def run(self, now: float, ticks: int = 3) -> None:
         for _ in range(ticks):
             self.pipeline.run_once(now)
+
+
+def dicom_harness(tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch, port: int,
+                  **settings: object) -> Harness:
+    """A harness whose one destination is a DICOM SCP on loopback ``port`` (PACS)."""
+    monkeypatch.setenv("DICOMNODE_MODELS_DIR", str(models))
+    return Harness(tmp_path, {"pacs": {"type": "dicom", "ae_title": "PACS",
+                                       "host": "127.0.0.1", "port": port}}, RULES,
+                   **settings)

@@ -1,61 +1,19 @@
 """Harmonized files go to a DICOM destination while the series is still being written."""
 
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE, evt
-from pynetdicom.events import Event
-from pynetdicom.presentation import AllStoragePresentationContexts
 
 import dicomnode.production as production_module
 from dicomnode.spool import write_durably
 from tests.peers import free_port, wait_for
-from tests.pipeline_harness import Harness
+from tests.pipeline_harness import Harness, dicom_harness
+from tests.recording_scp import RecordingSCP
 from tests.samples import sample_files
 
 GE_MULTIPHASE = "ge-signa-architect-3t-multiphase"
 NOW = 1e12
-
-
-class RecordingSCP:
-    """A storage SCP on loopback that records every SOPInstanceUID it is sent."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.stored: list[str] = []
-        self.first = threading.Event()
-        ae = AE(ae_title="PACS")
-        for context in AllStoragePresentationContexts[:100]:
-            assert context.abstract_syntax is not None
-            ae.add_supported_context(context.abstract_syntax)
-        self.server = ae.start_server(("127.0.0.1", port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
-
-    def _store(self, event: Event) -> int:
-        self.stored.append(str(event.dataset.SOPInstanceUID))
-        self.first.set()
-        return 0x0000
-
-    def stop(self) -> None:
-        assert self.server is not None
-        self.server.shutdown()
-
-
-@pytest.fixture
-def scp() -> Iterator[RecordingSCP]:
-    server = RecordingSCP(free_port())
-    yield server
-    server.stop()
-
-
-def _harness(tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch,
-             port: int) -> Harness:
-    monkeypatch.setenv("DICOMNODE_MODELS_DIR", str(models))
-    return Harness(tmp_path, {"pacs": {"type": "dicom", "ae_title": "PACS",
-                                       "host": "127.0.0.1", "port": port}})
 
 
 def _until_streams_end(harness: Harness) -> None:
@@ -75,7 +33,7 @@ def _derived_uids(harness: Harness, job_id: int) -> set[str]:
 def test_the_destination_gets_files_while_the_series_is_written(
     tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch, scp: RecordingSCP
 ) -> None:
-    harness = _harness(tmp_path, models, monkeypatch, scp.port)
+    harness = dicom_harness(tmp_path, models, monkeypatch, scp.port)
     written: list[str] = []
 
     def after_the_first_is_sent(folder: Path, name: str, data: bytes) -> Path:
@@ -104,7 +62,7 @@ def test_a_failed_stream_is_the_first_attempt_and_the_retry_sends_the_whole_seri
     tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port = free_port()  # nothing listens yet: the stream cannot associate
-    harness = _harness(tmp_path, models, monkeypatch, port)
+    harness = dicom_harness(tmp_path, models, monkeypatch, port)
     harness.receive(sample_files(GE_MULTIPHASE))
     harness.run(now=NOW, ticks=1)
     _until_streams_end(harness)
@@ -126,7 +84,7 @@ def test_a_failed_stream_is_the_first_attempt_and_the_retry_sends_the_whole_seri
 def test_a_stream_cut_short_by_a_failed_write_records_nothing_and_the_retry_resends(
     tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch, scp: RecordingSCP
 ) -> None:
-    harness = _harness(tmp_path, models, monkeypatch, scp.port)
+    harness = dicom_harness(tmp_path, models, monkeypatch, scp.port)
     failures = [OSError(28, "No space left on device")]
 
     def disk_full_once(folder: Path, name: str, data: bytes) -> Path:
