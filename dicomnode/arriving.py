@@ -59,6 +59,7 @@ def produce_arriving(task: ArrivingTask) -> Produced:
     datasets: list[Dataset] = []
     made: ByTable | None = None
     tried = False
+    fit_seconds = 0.0
     with OrderedWriter(Path(task.output_dir)) as writer:
         while (last := feed.wait()) != _CANCEL:
             new: list[Dataset] = [dcmread(p, defer_size=DEFER_SIZE) for p in feed.take()]
@@ -67,9 +68,11 @@ def produce_arriving(task: ArrivingTask) -> Produced:
                 tried = True
                 # A later instance with another rescale fails the head start (the
                 # job is then produced whole, with tables for every rescale).
-                made = ByTable.start(task, load_model(task.method, task.model),
-                                     ordered_sources(pre_contrast)[0],
+                loaded = load_model(task.method, task.model)
+                started = time.perf_counter()
+                made = ByTable.start(task, loaded, ordered_sources(pre_contrast)[0],
                                      {rescale(ds) for ds in pre_contrast})
+                fit_seconds = time.perf_counter() - started
                 new = datasets
             if made is not None:
                 for ds in new:
@@ -87,7 +90,7 @@ def produce_arriving(task: ArrivingTask) -> Produced:
     if unique != writer.count:
         raise AssemblyError(f"{writer.count} instances derived while arriving, {unique} in "
                             "the series: an instance was sent twice")
-    return Produced(writer.count, 0.0)
+    return Produced(writer.count, fit_seconds)
 
 
 def _pre_contrast(datasets: Sequence[Dataset]) -> list[Dataset] | None:

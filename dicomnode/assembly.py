@@ -15,6 +15,7 @@ FrameOfReference and geometry are phases of one acquisition, ordered by their st
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -198,6 +199,26 @@ def _series_phases(series: Sequence[Dataset]) -> list[list[Dataset]]:
     positions = sorted(by_position)
     stacks = [sorted(by_position[p], key=_phase_order_key) for p in positions]
     return [[stack[phase] for stack in stacks] for phase in range(n_phases)]
+
+
+# What acquisition_key reads: the geometry key's tags and unsupported_reason's.
+ACQUISITION_KEY_TAGS: list[BaseTag] = [Tag(keyword) for keyword in (
+    "SOPClassUID", "StudyInstanceUID", "Modality", "Manufacturer", "MagneticFieldStrength",
+    "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "Rows",
+    "Columns", "PixelSpacing",
+)]
+
+
+def acquisition_key(ds: Dataset) -> str:
+    """The acquisition an MR image belongs to (same study, frame of reference and geometry,
+    as :func:`group_acquisitions` groups), as text for the ledger; "" for an instance that
+    is not harmonized (:func:`unsupported_reason`) or whose geometry does not parse."""
+    if unsupported_reason(ds):
+        return ""
+    try:
+        return json.dumps(_geometry_key(ds))
+    except (AttributeError, TypeError, ValueError):
+        return ""
 
 
 def group_acquisitions(datasets: Iterable[Dataset]) -> list[list[Dataset]]:

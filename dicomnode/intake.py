@@ -14,7 +14,12 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 from pydicom.tag import Tag
 
-from dicomnode.assembly import EXPECTED_COUNT_TAGS, expected_count
+from dicomnode.assembly import (
+    ACQUISITION_KEY_TAGS,
+    EXPECTED_COUNT_TAGS,
+    acquisition_key,
+    expected_count,
+)
 from dicomnode.ledger import Ledger
 from dicomnode.logs import get_logger
 from dicomnode.validation import (
@@ -26,13 +31,16 @@ from dicomnode.validation import (
 )
 
 RECOVERED_PEER = "unknown (recovered from the spool)"
-# What intake reads of each instance: the verdict's tags, the expected count's, the charset.
-_INTAKE_TAGS = [*map(Tag, ["SpecificCharacterSet", *CHECKED_TAGS]), *EXPECTED_COUNT_TAGS]
+# What intake reads of each instance: the verdict's tags, the expected count's, the
+# acquisition key's, the charset.
+_INTAKE_TAGS = [*map(Tag, ["SpecificCharacterSet", *CHECKED_TAGS]), *EXPECTED_COUNT_TAGS,
+                *ACQUISITION_KEY_TAGS]
 
 
 @dataclass(frozen=True)
 class Examined:
-    """What intake reads of one instance: its verdict, UIDs and expected series count."""
+    """What intake reads of one instance: its verdict, UIDs, expected series count and
+    acquisition key (:func:`dicomnode.assembly.acquisition_key`)."""
 
     verdict: Verdict
     sop_instance_uid: str | None
@@ -40,6 +48,7 @@ class Examined:
     study_uid: str | None
     series_uid: str | None
     expected: int | None
+    acquisition: str | None
 
 
 @dataclass(frozen=True)
@@ -60,12 +69,14 @@ def examine(
     while the same bytes are being fsynced.
     """
     expected = None
+    acquisition = None
     ds: Dataset
     try:
         ds = read_whole(data, _INTAKE_TAGS)
         verdict = check(ds, sop_class_uid, sop_instance_uid,
                         str(ds.file_meta.get("TransferSyntaxUID", "")))
         expected = expected_count(ds)
+        acquisition = acquisition_key(ds)
     except Exception as exc:  # noqa: BLE001 - any decoding failure means "cannot understand"
         ds = Dataset()
         verdict = Verdict(STATUS_CANNOT_UNDERSTAND, f"malformed DICOM: {exc}")
@@ -77,6 +88,7 @@ def examine(
         study_uid=str(ds.StudyInstanceUID) if accepted else None,
         series_uid=str(ds.SeriesInstanceUID) if accepted else None,
         expected=expected if accepted else None,
+        acquisition=acquisition if accepted else None,
     )
 
 
@@ -99,6 +111,7 @@ def record(
         size=size,
         parse_error=examined.verdict.reason,
         expected=examined.expected,
+        acquisition=examined.acquisition,
     )
     return Registered(instance_id, examined.verdict)
 

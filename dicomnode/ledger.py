@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS instances (
     received_at REAL NOT NULL,
     expected INTEGER,
     purged_at REAL,
-    job_id INTEGER REFERENCES jobs(id)
+    job_id INTEGER REFERENCES jobs(id),
+    acquisition TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_unclaimed ON instances(job_id, study_uid);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -103,6 +104,7 @@ _ADDED_COLUMNS = (
     ("instances", "expected", "INTEGER"),
     ("instances", "purged_at", "REAL"),
     ("jobs", "supersedes", "INTEGER REFERENCES jobs(id)"),
+    ("instances", "acquisition", "TEXT"),
 )
 
 
@@ -122,6 +124,8 @@ class Instance:
     expected: int | None
     purged_at: float | None
     job_id: int | None
+    # dicomnode.assembly.acquisition_key at intake; None in rows from before it was kept.
+    acquisition: str | None = None
 
 
 @dataclass(frozen=True)
@@ -240,14 +244,15 @@ class Ledger:
         size: int,
         parse_error: str | None = None,
         expected: int | None = None,
+        acquisition: str | None = None,
     ) -> int:
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO instances (path, sop_instance_uid, sop_class_uid, study_uid,"
-                " series_uid, calling_ae, peer, size, parse_error, received_at, expected)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " series_uid, calling_ae, peer, size, parse_error, received_at, expected,"
+                " acquisition) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (path, sop_instance_uid, sop_class_uid, study_uid, series_uid, calling_ae,
-                 peer, size, parse_error, time.time(), expected),
+                 peer, size, parse_error, time.time(), expected, acquisition),
             )
             return int(cursor.lastrowid or 0)
 

@@ -19,14 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from pydicom import Dataset
-
-from dicomnode.assembly import (
-    AssemblyError,
-    group_acquisitions,
-    read_header,
-    unsupported_reason,
-)
+from dicomnode.assembly import AssemblyError, acquisition_key, read_header, unsupported_reason
 from dicomnode.config import DicomDestination, NodeConfig
 from dicomnode.delivery import DeliveryError, Outbox, StreamingSend, backoff_seconds
 from dicomnode.head_start import HeadStart, head_start_folder, remove_unadopted
@@ -428,25 +421,26 @@ def _split_study(instances: list[Instance]) -> list[JobGroup]:
     """Group a settled study's instances into jobs.
 
     MR images that can be harmonized go by acquisition (one multiphase series, or per-phase
-    series on one geometry); any other object goes by series and is routed on its own, so
-    a rule may pass a SEG or SR through. Unreadable files are quarantined at once.
+    series on one geometry: the key intake put in the ledger); any other object goes by
+    series and is routed on its own, so a rule may pass a SEG or SR through. Unreadable
+    files are quarantined at once.
     """
     unreadable: dict[tuple[str | None, str], list[Instance]] = defaultdict(list)
     others: dict[str | None, list[Instance]] = defaultdict(list)
-    by_header: dict[int, Instance] = {}
-    headers: list[Dataset] = []
+    by_key: dict[str, list[Instance]] = defaultdict(list)
     for instance in instances:
-        try:
-            header = read_header(Path(instance.path))
-        except AssemblyError as exc:
-            unreadable[(instance.series_uid, str(exc))].append(instance)
-            continue
-        if unsupported_reason(header):
-            others[instance.series_uid].append(instance)
+        key = instance.acquisition
+        if key is None:  # a row from a ledger that did not keep the key yet
+            try:
+                key = acquisition_key(read_header(Path(instance.path)))
+            except AssemblyError as exc:
+                unreadable[(instance.series_uid, str(exc))].append(instance)
+                continue
+        if key:
+            by_key[key].append(instance)
         else:
-            by_header[id(header)] = instance
-            headers.append(header)
-    acquisitions = [[by_header[id(ds)] for ds in group] for group in group_acquisitions(headers)]
+            others[instance.series_uid].append(instance)
+    acquisitions = list(by_key.values())
     # A series split over several geometries is broken (a slice of other Rows, say): it is
     # held whole rather than harmonized in pieces.
     seen: dict[str | None, int] = defaultdict(int)

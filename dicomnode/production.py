@@ -71,6 +71,7 @@ class ProductionTask:
 @dataclass(frozen=True)
 class Produced:
     files: int
+    # The method's own time: fitting its map and tables, or running it on the float series.
     harmonize_seconds: float
 
 

@@ -2,17 +2,20 @@
 
 import numpy as np
 import pytest
+from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from dicomnode.assembly import (
+    ACQUISITION_KEY_TAGS,
     AssemblyError,
+    acquisition_key,
     assemble,
     group_acquisitions,
     stored_values,
     unsupported_reason,
 )
 from harmonizers.domain import ScannerDomain
-from tests.samples import read_sample
+from tests.samples import read_sample, sample_files
 
 
 def test_ge_multiphase_series_is_ordered_by_temporal_position() -> None:
@@ -105,3 +108,21 @@ def test_stored_values_are_what_pydicom_decodes(folder: str, signed: bool) -> No
     assert stored_values(ds).dtype == ds.pixel_array.dtype
     ds.BitsStored, ds.HighBit = 12, 11  # partial bits: pydicom's decoder, not the bytes
     np.testing.assert_array_equal(stored_values(ds), ds.pixel_array)
+
+
+def test_the_acquisition_key_joins_phases_and_parts_other_geometries() -> None:
+    per_phase = read_sample("ge-signa-architect-3t-multiphase")
+    for ds in per_phase:
+        ds.SeriesInstanceUID = f"1.2.3.{ds.TemporalPositionIdentifier}"
+    keys = {acquisition_key(ds) for ds in per_phase}
+    assert len(keys) == 1 and keys != {""}
+    other = per_phase[0].copy()
+    other.Rows = 128
+    assert acquisition_key(other) not in keys
+    not_mr = per_phase[0].copy()
+    not_mr.Modality = "CT"
+    assert acquisition_key(not_mr) == ""
+    # Intake reads only ACQUISITION_KEY_TAGS; the key must come out the same.
+    partial = dcmread(sample_files("ge-signa-architect-3t-multiphase")[0],
+                      specific_tags=ACQUISITION_KEY_TAGS)
+    assert acquisition_key(partial) in keys

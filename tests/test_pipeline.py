@@ -1,6 +1,7 @@
 """The job pipeline in-process, on real vendor files: route, harmonize, quarantine, deliver."""
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,24 @@ def test_restart_resumes_an_unfinished_job(harness: Harness, tmp_path: Path) -> 
     done = restarted.ledger.job(job.id)
     assert done is not None and done.state == "delivered"
     assert [state for _, state, _ in restarted.ledger.events(job.id)][:2] == ["complete", "routed"]
+
+
+def test_rows_from_a_ledger_without_acquisition_keys_are_grouped_from_their_headers(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A ledger written before intake kept each instance's acquisition key: per-phase
+    series are still joined into one acquisition, from their headers."""
+    per_phase = []
+    for path in sample_files("ge-signa-architect-3t-multiphase"):
+        ds = dcmread(path)
+        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.2.1143.77.{ds.TemporalPositionIdentifier}"
+        ds.SeriesNumber = 100 + int(ds.TemporalPositionIdentifier)
+        ds.save_as(tmp_path / path.name)
+        per_phase.append(tmp_path / path.name)
+    harness.receive(per_phase)
+    with sqlite3.connect(harness.config.ledger_path) as db:
+        db.execute("UPDATE instances SET acquisition = NULL")
+    harness.run(now=1e12)
+    (job,) = harness.ledger.jobs()
+    assert len(harness.ledger.instances(job.id)) == 100
+    assert job.state == "delivered", job.reason
