@@ -186,6 +186,12 @@ class StreamingSend:
         for _ in self._threads:
             self._files.put(None)
 
+    def abort(self, reason: str) -> None:
+        """Send nothing more (files already handed over are dropped) and end incomplete."""
+        with self._lock:
+            self.error = self.error or reason
+        self.end(complete=False)
+
     @property
     def done(self) -> bool:
         """Every thread has finished (``finished`` is called at this moment)."""

@@ -91,11 +91,11 @@ class HeadStart:
             reason = repr(error) if error else f"{self._handed} files handed over"
             get_logger(job_id=job_id, series_uid=self.series_uid).warning(
                 "head_start_failed", reason=reason, handed=self._handed)
-            self._end(complete=False)
+            self._abort(f"head start failed: {reason}")
             return None
         for send in self.sends:
             send.job_id = job_id
-        self._end(complete=True)
+            send.end(complete=True)
         return self._future.result()
 
     def cancel(self, why: str) -> None:
@@ -103,16 +103,16 @@ class HeadStart:
         mark_sources_final(self._sources, cancel=True)
         wait([self._future])
         get_logger(study_uid=self.study_uid, series_uid=self.series_uid).info(
-            "head_start_cancelled", reason=why, sent_before=self._handed)
-        self._end(complete=False)
+            "head_start_cancelled", reason=why, handed_over=self._handed)
+        self._abort(f"head start cancelled: {why}")
 
-    def _end(self, complete: bool) -> None:
+    def _abort(self, reason: str) -> None:
+        """Stop the streams (what they have not sent yet stays unsent), delete the folder."""
         for send in self.sends:
-            send.end(complete)
-        if not complete:
-            for send in self.sends:
-                send.wait()  # they read files from the folder
-            shutil.rmtree(self.folder, ignore_errors=True)
+            send.abort(reason)
+        for send in self.sends:
+            send.wait()  # a send in flight reads its file from the folder
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def _put(self, path: Path) -> None:
         for send in self.sends:
