@@ -163,6 +163,30 @@ def test_crash_mid_ingest_then_the_scanner_sends_again(
     _restart_and_check(tmp_path / "node", pacs, sent, resend=study)
 
 
+def test_crash_while_the_series_is_harmonized_as_it_arrives(
+    study: Path, pacs: Orthanc, tmp_path: Path
+) -> None:
+    """The head start streams derived instances before the study is complete (and before
+    any job exists in the ledger); a crash then must still end with each exactly once."""
+    sent = _sent_uids(study)
+    node = _node(tmp_path / "node", pacs).start()
+    slow_env = {k: v for k, v in PEER_ENV.items() if k != "TCP_NODELAY"}
+    in_order = sorted(study.rglob("*.dcm"))  # instance order: the pre-contrast phase first
+    scanner = subprocess.Popen(storescu_args(in_order, node.ae_title, node.port),
+                               env=slow_env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: int(pacs.get("/statistics")["CountInstances"]) >= 20, 120,
+                 "derived instances in the PACS while the study arrives")
+        assert scanner.poll() is None and _jobs(node) == []
+        _kill(node)
+        assert scanner.wait(60) != 0
+    finally:
+        if scanner.poll() is None:
+            scanner.kill()
+    _restart_and_check(tmp_path / "node", pacs, sent, resend=study)
+
+
 def test_crash_mid_delivery_resends_without_duplicates(study: Path, tmp_path: Path) -> None:
     # Orthanc with Nagle on takes ~45 ms an instance: slow enough to kill the node mid-way.
     pacs = Orthanc(tmp_path / "orthanc", nodelay=False).start()
