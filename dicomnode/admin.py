@@ -12,9 +12,10 @@ import time
 from collections.abc import Sequence
 
 from dicomnode.config import NodeConfig
+from dicomnode.head_start import progress, unadopted
 from dicomnode.ledger import Job, Ledger
 from dicomnode.metrics import free_disk_mb
-from dicomnode.retention import DAY_SECONDS, purge_job
+from dicomnode.retention import DAY_SECONDS, head_starts_dir, purge_job
 
 
 def _when(timestamp: float) -> str:
@@ -121,6 +122,11 @@ def status(config: NodeConfig) -> int:
     print(f"jobs: {jobs or 'none'}")
     print(f"waiting: {counts['unclaimed_instances']} instances not yet in a job, "
           f"{counts['pending_deliveries']} deliveries pending")
+    adopted = {job.output_dir for job in ledger.jobs() if job.output_dir}
+    for folder in unadopted(head_starts_dir(config), adopted):
+        given, made = progress(folder)
+        print(f"harmonizing while arriving: {folder} ({given} instances given, {made} derived"
+              " files; a job adopts it when its study is complete)")
     if any(counts[f"reports_{s}"] for s in ("pending", "written", "failed")):
         print(f"quality reports: {counts['reports_written']} written, "
               f"{counts['reports_pending']} pending, {counts['reports_failed']} failed")

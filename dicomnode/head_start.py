@@ -124,9 +124,24 @@ def head_start_folder(root: Path) -> Path:
     return root / f"{time.time_ns():x}"
 
 
+def unadopted(root: Path, adopted: set[str]) -> list[Path]:
+    """Head start folders no job's output (``adopted``) is in: running, or left by a crash."""
+    if not root.is_dir():
+        return []
+    return sorted(folder for folder in root.iterdir() if str(folder / "out") not in adopted)
+
+
 def remove_unadopted(root: Path, adopted: set[str]) -> None:
-    """Delete head start folders no job's output is in (left by a crash)."""
-    if root.is_dir():
-        for folder in root.iterdir():
-            if str(folder / "out") not in adopted:
-                shutil.rmtree(folder, ignore_errors=True)
+    """Delete head start folders no job's output is in (at start: left by a crash)."""
+    for folder in unadopted(root, adopted):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def progress(folder: Path) -> tuple[int, int]:
+    """How many source instances a head start was given, and how many files it made."""
+    try:
+        given = sum(1 for line in (folder / "sources.txt").read_text().splitlines()
+                    if line not in ("END", "CANCEL"))
+    except OSError:
+        given = 0
+    return given, len(list((folder / "out").glob("*.dcm")))

@@ -28,7 +28,7 @@ from dicomnode.logs import get_logger
 from dicomnode.metrics import NodeMetrics
 from dicomnode.production import Producer, ProductionTask
 from dicomnode.provenance import config_hash
-from dicomnode.retention import DAY_SECONDS, job_dir, purge_job
+from dicomnode.retention import DAY_SECONDS, head_starts_dir, job_dir, purge_job
 from dicomnode.routing import Rule, RuleSet
 from harmonizers.base import ModelError
 
@@ -59,7 +59,7 @@ class Pipeline:
         # the series not to try again (their rule does not harmonize them, say).
         self._head_start: HeadStart | None = None
         self._no_head_start: set[str] = set()
-        remove_unadopted(self._head_starts_dir,
+        remove_unadopted(head_starts_dir(self.config),
                          {job.output_dir for job in ledger.jobs() if job.output_dir})
 
     def run_once(self, now: float | None = None) -> None:
@@ -127,10 +127,6 @@ class Pipeline:
 
     # --- head start (dicomnode/head_start.py) ---------------------------------------------
 
-    @property
-    def _head_starts_dir(self) -> Path:
-        return self.config.jobs_dir / "arriving"
-
     def advance_head_start(self) -> None:
         """Feed the running head start what arrived, hand its files to the streams; or start
         one for the oldest multiphase series still arriving that a rule harmonizes."""
@@ -161,7 +157,7 @@ class Pipeline:
         if rule.action != "harmonize" or unsupported_reason(header):
             return
         head_start = HeadStart(
-            head_start_folder(self._head_starts_dir), study_uid, series_uid, rule,
+            head_start_folder(head_starts_dir(self.config)), study_uid, series_uid, rule,
             config_hash(rule.model_dump(mode="json")), self.producer,
             self._start_streams(rule.destinations or self.config.default_destinations, None))
         head_start.feed(instances)

@@ -21,6 +21,12 @@ def job_dir(config: NodeConfig, job_id: int) -> Path:
     return config.jobs_dir / f"{job_id:08d}"
 
 
+def head_starts_dir(config: NodeConfig) -> Path:
+    """Where series produced while they arrive live until a job adopts them (its output then
+    stays there): var/jobs/arriving/<id>/ (dicomnode/head_start.py)."""
+    return config.jobs_dir / "arriving"
+
+
 def purge_job(ledger: Ledger, config: NodeConfig, job: Job) -> int:
     """Delete a finished job's spool files and output; return how many files were received."""
     instances = ledger.instances(job.id)

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from dicomnode.head_start import remove_unadopted
+from dicomnode.admin import status
+from dicomnode.head_start import progress, remove_unadopted
 from dicomnode.production import ProductionTask, produce_series
+from dicomnode.retention import head_starts_dir
 from dicomnode.routing import RuleSet
 from tests.peers import wait_for
 from tests.pipeline_harness import MODEL, RULES, Harness, dicom_harness
@@ -33,7 +35,7 @@ def _run_until(harness: Harness, done: object, what: str) -> None:
 
 
 def _arriving_outputs(harness: Harness) -> list[Path]:
-    return sorted((harness.config.jobs_dir / "arriving").glob("*/out/*.dcm"))
+    return sorted(head_starts_dir(harness.config).glob("*/out/*.dcm"))
 
 
 def _pixels_by_uid(paths: list[Path]) -> dict[str, bytes]:
@@ -41,19 +43,22 @@ def _pixels_by_uid(paths: list[Path]) -> dict[str, bytes]:
 
 
 def test_a_series_is_sent_while_it_arrives_and_its_job_adopts_what_was_made(
-    tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch, scp: RecordingSCP
+    tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch, scp: RecordingSCP,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     harness = _harness(tmp_path, models, monkeypatch, scp.port)
     files = sample_files(GE_MULTIPHASE)  # instance order: the 10 pre-contrast slices first
     harness.receive(files[:60])
     _run_until(harness, lambda: len(scp.stored) >= 60, "60 instances sent while arriving")
     assert harness.ledger.jobs() == []  # the study is not complete yet
+    status(harness.config)
+    assert "harmonizing while arriving" in capsys.readouterr().out
     harness.receive(files[60:])
     _run_until(harness, lambda: (job := harness.ledger.job(1)) and job.state == "delivered",
                "the job to be delivered")
     job = harness.ledger.job(1)
     assert job is not None and job.output_dir
-    assert Path(job.output_dir).parent.parent == harness.config.jobs_dir / "arriving"
+    assert Path(job.output_dir).parent.parent == head_starts_dir(harness.config)
     (delivery,) = harness.ledger.deliveries(1)
     assert (delivery.state, delivery.attempts) == ("delivered", 1)
     made = sorted(Path(job.output_dir).glob("*.dcm"))
@@ -133,5 +138,7 @@ def test_head_start_folders_no_job_adopted_are_removed_at_start(tmp_path: Path) 
     for folder in (adopted, left):
         (folder / "out").mkdir(parents=True)
         (folder / "out" / "00000.dcm").write_bytes(np.zeros(4).tobytes())
+    (left / "sources.txt").write_text("a.dcm\nb.dcm\nCANCEL\n")
+    assert progress(left) == (2, 1)
     remove_unadopted(tmp_path, {str(adopted / "out")})
     assert adopted.is_dir() and not left.exists()
