@@ -139,7 +139,13 @@ def _sending_ae(path: Path) -> str:
 
 
 def recover_spool(spool_root: Path, ledger: Ledger) -> int:
-    """Register spool files the ledger does not know; drop never-acknowledged partials."""
+    """Register spool files the ledger does not know, unless they are empty or cut short.
+
+    A spool file without a ledger row was never answered Success (the row comes first). One
+    that is empty or does not read whole was being made or written when the node stopped:
+    it is removed (the sender heard no Success and sends it again). A whole one is
+    registered: it is what the sender sent. (``.partial`` files are an older node's.)
+    """
     if not spool_root.is_dir():
         return 0
     for partial in spool_root.rglob(".*.partial"):
@@ -149,7 +155,16 @@ def recover_spool(spool_root: Path, ledger: Ledger) -> int:
     for path in sorted(spool_root.rglob("*.dcm")):
         if str(path) in known:
             continue
-        registered = register(ledger, path, path.read_bytes(), _sending_ae(path), RECOVERED_PEER)
+        data = path.read_bytes()
+        examined = examine(data)
+        if not data or examined.verdict.status == STATUS_CANNOT_UNDERSTAND:
+            path.unlink(missing_ok=True)
+            get_logger(path=str(path)).warning(
+                "spool_file_removed", size=len(data), reason=examined.verdict.reason,
+                why="never answered Success, and empty or cut short")
+            continue
+        registered = record(ledger, path, examined, _sending_ae(path), RECOVERED_PEER,
+                            len(data))
         get_logger(instance_id=registered.instance_id).warning(
             "instance_recovered", path=str(path), reason=registered.verdict.reason)
         recovered += 1

@@ -43,7 +43,7 @@ from dicomnode.ledger import Ledger
 from dicomnode.logs import get_logger
 from dicomnode.metrics import MIB, NodeMetrics, free_disk_mb
 from dicomnode.security import CallerPolicy, server_context
-from dicomnode.spool import PartialFile, Spool
+from dicomnode.spool import Spool, SpoolFile
 
 # Uncompressed and the lossless/lossy compressed syntaxes scanners and PACS send. pynetdicom's
 # default storage contexts accept only the uncompressed ones (shared/reference/peers.md).
@@ -169,7 +169,7 @@ class _Session:
     file, made while the sender sends."""
 
     arrivals: dict[int, _Arrival] = field(default_factory=dict)
-    spare: Future[PartialFile] | None = None
+    spare: Future[SpoolFile] | None = None
 
     def release(self, log: FilteringBoundLogger) -> None:
         """Remove the unused spool file and the files of requests never answered: their
@@ -197,7 +197,8 @@ class StoreHandler:
     looks for complete messages once a millisecond, picks the request up. The C-STORE
     handler (:meth:`__call__`) checks the instance while the file is being fsynced, then
     waits for the write, adds the ledger row and answers: Success still only once the file
-    and its folder entry are fsynced and the row is committed.
+    and its folder entry are fsynced (the entry when the file was made) and the row is
+    committed.
     """
 
     def __init__(
@@ -286,7 +287,7 @@ class StoreHandler:
                         written=self._pool.submit(self._write, assoc, spare, data))
 
     def _write(
-        self, assoc: Association, spare: Future[PartialFile] | None, data: bytes
+        self, assoc: Association, spare: Future[SpoolFile] | None, data: bytes
     ) -> Path:
         """In the pool: the durable write, then the association's next spool file."""
         path = (spare.result() if spare is not None else self.spool.reserve()).commit(data)

@@ -71,12 +71,16 @@ def test_a_spool_file_without_ledger_row_is_recovered(
     meta = dcmread(stored).file_meta
     assert (meta.SendingApplicationEntityTitle, meta.ReceivingApplicationEntityTitle) == (
         "SCANNER", "NODE")
-    (stored.parent / ".abc.dcm.partial").write_bytes(b"never acknowledged")
+    # A spool file made but never written, and one whose write a crash cut short: neither
+    # was answered Success, so neither is taken for a received instance.
+    (stored.parent / "0reserved.dcm").write_bytes(b"")
+    (stored.parent / "1cut.dcm").write_bytes(stored.read_bytes()[:-100])
+    (stored.parent / ".abc.dcm.partial").write_bytes(b"an older node's temporary file")
     fresh = Ledger(tmp_path / "fresh.sqlite")
     assert recover_spool(spool_root, fresh) == 1
     (instance,) = fresh.unclaimed("1.2.3.4")
     assert (instance.path, instance.calling_ae) == (str(stored), "SCANNER")
-    assert not list(spool_root.rglob("*.partial"))
+    assert sorted(p.name for p in stored.parent.iterdir()) == [stored.name]
     assert recover_spool(spool_root, fresh) == 0
 
 
@@ -96,7 +100,9 @@ def test_the_file_meta_is_encoded_as_pydicom_encodes_it() -> None:
 
 
 def _spool_files(spool_root: Path) -> tuple[list[Path], list[Path]]:
-    return list(spool_root.rglob("*.dcm")), list(spool_root.rglob(".*.partial"))
+    """Written spool files, and those made ahead of their data (still empty)."""
+    files = list(spool_root.rglob("*.dcm"))
+    return [p for p in files if p.stat().st_size], [p for p in files if not p.stat().st_size]
 
 
 def _send_fragments(assoc: Association, request: C_STORE, keep_last: bool) -> None:
