@@ -46,6 +46,7 @@ from tests.samples import sample_files
 INGEST_SLICES = 200
 INGEST_MATRIX = 512
 INGEST_ROUNDS = 3
+E2E_ROUNDS = 3
 
 
 def _ingest_series(folder: Path) -> Path:
@@ -181,30 +182,42 @@ def _orthanc_count(orthanc: Orthanc) -> int:
     return int(orthanc.get("/statistics")["CountInstances"])
 
 
-def bench_end_to_end(work: Path, matrix: int, slices: int) -> dict[str, float]:
+def bench_end_to_end(work: Path, matrix: int, slices: int,
+                     rounds: int = E2E_ROUNDS) -> tuple[dict[str, float], list[float]]:
     """storescu -> Orthanc against storescu -> node (histogram) -> Orthanc, same study.
 
     The GE multiphase study carries NumberOfTemporalPositions and LocationsInAcquisition, so
-    the node completes it on the expected count rather than after a quiet period.
+    the node completes it on the expected count rather than after a quiet period. The two
+    take turns ``rounds`` times, each with a fresh Orthanc (and node), since this machine
+    drifts from one transfer to the next; returns the round with the median ratio (its
+    ``peak_mb`` the highest of all rounds) and every round's ratio, in order.
     """
     simulate_cohort(work / "sim", patients=1, scanners=["ge-1.5t"], seed=5, progress=False,
                     matrix=matrix, slices=slices)
     (study,) = (work / "sim").glob("*/ge-1.5t")
-    files = list((study / "dicom").rglob("*.dcm"))
-    # The simulator's files are still being written back: the node's fsyncs would wait
-    # behind them, and the direct transfer, which does not fsync, would not.
-    os.sync()
+    results = [_end_to_end_round(work / f"round-{turn}", study / "dicom", matrix)
+               for turn in range(rounds)]
+    ratios = [r["node"] / r["direct"] for r in results]
+    median = results[ratios.index(statistics.median_low(ratios))]
+    return {**median, "peak_mb": max(r["peak_mb"] for r in results)}, ratios
+
+
+def _end_to_end_round(work: Path, series: Path, matrix: int) -> dict[str, float]:
+    files = list(series.rglob("*.dcm"))
     count = len(files)
     pixel_mb = count * matrix * matrix * 2 / 2**20
-
+    # Files still being written back (the simulator's, the previous round's) would make the
+    # node's fsyncs wait behind them, and the direct transfer, which does not fsync, would not.
+    os.sync()
     direct = Orthanc(work / "orthanc-direct").start()
     try:
         started = time.perf_counter()
-        _timed_send(study / "dicom", direct.ae_title, direct.dicom_port)
+        _timed_send(series, direct.ae_title, direct.dicom_port)
         wait_for(lambda: _orthanc_count(direct) >= count, 300, "Orthanc to store the study")
         direct_seconds = time.perf_counter() - started
     finally:
         direct.stop()
+    os.sync()
 
     pacs = Orthanc(work / "orthanc-via-node").start()
     destination = {"type": "dicom", "ae_title": pacs.ae_title, "host": "127.0.0.1",
@@ -213,7 +226,7 @@ def bench_end_to_end(work: Path, matrix: int, slices: int) -> dict[str, float]:
                                     "default_destinations": ["pacs"]}).start()
     try:
         started, wall = time.perf_counter(), time.time()
-        _timed_send(study / "dicom", node.ae_title, node.port)
+        _timed_send(series, node.ae_title, node.port)
         received = time.perf_counter() - started
         wait_for(lambda: _orthanc_count(pacs) >= count, 600, "the harmonized series in Orthanc",
                  interval=0.1)
@@ -270,20 +283,23 @@ def main() -> None:
               f"node/Orthanc = {rates['node/orthanc']:.2f} (per round; target >= 1), "
               f"bare pynetdicom/Orthanc = {rates['pynetdicom'] / rates['orthanc']:.2f}")
         for matrix, slices in ((128, 32), (512, 48)):
-            e2e = bench_end_to_end(work / f"e2e-{matrix}", matrix, slices)
+            e2e, ratios = bench_end_to_end(work / f"e2e-{matrix}", matrix, slices)
             print(f"end to end, simulated GE 1.5 T study, 6 phases x {slices} slices of "
                   f"{matrix}x{matrix} ({e2e['count']:.0f} instances), histogram:")
             print(f"  storescu -> Orthanc                         {e2e['direct']:6.2f} s")
             print(f"  storescu -> node -> harmonized in Orthanc   {e2e['node']:6.2f} s "
                   f"(of which sending {e2e['received']:.2f} s)")
-            print(f"  ratio via node / direct = {e2e['node'] / e2e['direct']:.2f} (target <= 2)")
+            print(f"  ratio via node / direct = {e2e['node'] / e2e['direct']:.2f} (target <= 2), "
+                  f"the median of {len(ratios)} interleaved rounds: "
+                  + ", ".join(f"{ratio:.2f}" for ratio in ratios))
             print("  node steps, seconds from the first instance sent: "
                   + ", ".join(f"{state} {e2e[state]:.2f}" for state in
                               ("complete", "routed", "harmonized", "delivered") if state in e2e)
                   + f", all in Orthanc {e2e['node']:.2f}")
             budget = 3 * e2e["pixel_mb"] + 500
-            print(f"  node peak memory (node and production worker) {e2e['peak_mb']:.0f} MB; "
-                  f"budget 3 x {e2e['pixel_mb']:.0f} MB of pixels + 500 MB = {budget:.0f} MB")
+            print("  node peak memory (node and production worker, highest round) "
+                  f"{e2e['peak_mb']:.0f} MB; budget 3 x {e2e['pixel_mb']:.0f} MB of pixels "
+                  f"+ 500 MB = {budget:.0f} MB")
 
 
 if __name__ == "__main__":
