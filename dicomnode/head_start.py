@@ -48,12 +48,18 @@ class HeadStart:
         self.output_dir = folder / "out"
         self._sources = folder / "sources.txt"
         self._fed: set[int] = set()
+        self._last_fed = 0
         self._handed = 0
         folder.mkdir(parents=True)
         self._sources.touch()
         self._future = producer.submit(produce_arriving, ArrivingTask(
             str(self._sources), rule.method, rule.model, rule.name, config_hash,
             str(self.output_dir)))
+
+    @property
+    def last_fed(self) -> int:
+        """The highest instance id given to the child (0: none yet)."""
+        return self._last_fed
 
     def feed(self, instances: list[Instance]) -> None:
         """Give the child the instances of the series it has not had yet, in arrival order."""
@@ -62,6 +68,7 @@ class HeadStart:
             with self._sources.open("a") as handle:
                 handle.writelines(f"{i.path}\n" for i in sorted(new, key=lambda i: i.id))
             self._fed.update(i.id for i in new)
+            self._last_fed = max(self._last_fed, *(i.id for i in new))
 
     def hand_over(self) -> None:
         """Put each derived file written since the last call on every stream."""

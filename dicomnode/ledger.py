@@ -302,12 +302,14 @@ class Ledger:
             ).fetchall()
         return [(row[0], row[1]) for row in rows]
 
-    def unclaimed(self, study_uid: str | None) -> list[Instance]:
-        """Instances of a study (or, for None, unreadable ones) that no job holds yet."""
+    def unclaimed(self, study_uid: str | None, after: int = 0) -> list[Instance]:
+        """Instances of a study (or, for None, unreadable ones) that no job holds yet, those
+        received after instance id ``after`` only."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM instances WHERE job_id IS NULL AND study_uid IS ? ORDER BY id",
-                (study_uid,),
+                "SELECT * FROM instances WHERE job_id IS NULL AND study_uid IS ? AND id > ?"
+                " ORDER BY id",
+                (study_uid, after),
             ).fetchall()
         return [Instance(**dict(row)) for row in rows]
 

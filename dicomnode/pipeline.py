@@ -132,7 +132,7 @@ class Pipeline:
         one for the oldest multiphase series still arriving that a rule harmonizes."""
         if self._head_start is not None:
             head_start = self._head_start
-            head_start.feed(self.ledger.unclaimed(head_start.study_uid))
+            head_start.feed(self.ledger.unclaimed(head_start.study_uid, head_start.last_fed))
             head_start.hand_over()
             return
         if not self.config.head_start or self.ledger.jobs(["complete", "routed"]):
