@@ -19,6 +19,7 @@ from pydicom import Dataset, dcmread
 from dicomnode.assembly import AssemblyError, expected_count, ordered_sources, rescale
 from dicomnode.production import (
     DEFER_SIZE,
+    POLL_SECONDS,
     ByTable,
     OrderedWriter,
     Produced,
@@ -27,7 +28,6 @@ from dicomnode.production import (
 )
 from harmonizers.registry import load_model
 
-_POLL_SECONDS = 0.005
 _END, _CANCEL = "END", "CANCEL"
 
 
@@ -131,7 +131,7 @@ class _SourceFeed:
                 self.paths.append(line)
             if len(self.paths) > self._taken:
                 return None
-            time.sleep(_POLL_SECONDS)
+            time.sleep(POLL_SECONDS)
 
     def take(self) -> list[str]:
         """The paths not taken before."""
@@ -144,3 +144,12 @@ def mark_sources_final(sources_file: Path, cancel: bool) -> None:
     """Close the source list of a :class:`ArrivingTask`: whole (END), or CANCEL."""
     with sources_file.open("a") as handle:
         handle.write(f"{_CANCEL if cancel else _END}\n")
+
+
+def sources_given(sources_file: Path) -> int:
+    """How many source paths an arriving task's file holds (0 if there is none)."""
+    try:
+        lines = sources_file.read_text().splitlines()
+    except OSError:
+        return 0
+    return sum(1 for line in lines if line not in (_END, _CANCEL))

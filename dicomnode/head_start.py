@@ -23,14 +23,12 @@ import time
 from concurrent.futures import wait
 from pathlib import Path
 
-from dicomnode.arriving import ArrivingTask, mark_sources_final, produce_arriving
+from dicomnode.arriving import ArrivingTask, mark_sources_final, produce_arriving, sources_given
 from dicomnode.delivery import StreamingSend
 from dicomnode.ledger import Instance
 from dicomnode.logs import get_logger
-from dicomnode.production import Produced, Producer, hand_over_ready
+from dicomnode.production import POLL_SECONDS, Produced, Producer, hand_over_ready
 from dicomnode.routing import Rule
-
-_POLL_SECONDS = 0.005
 
 
 class HeadStart:
@@ -91,7 +89,7 @@ class HeadStart:
         mark_sources_final(self._sources, cancel=False)
         while not self._future.done():
             self.hand_over()
-            wait([self._future], timeout=_POLL_SECONDS)
+            wait([self._future], timeout=POLL_SECONDS)
         self.hand_over()
         error = self._future.exception()
         if error is not None or self._handed != self._future.result().files:
@@ -146,9 +144,4 @@ def remove_unadopted(root: Path, adopted: set[str]) -> None:
 
 def progress(folder: Path) -> tuple[int, int]:
     """How many source instances a head start was given, and how many files it made."""
-    try:
-        given = sum(1 for line in (folder / "sources.txt").read_text().splitlines()
-                    if line not in ("END", "CANCEL"))
-    except OSError:
-        given = 0
-    return given, len(list((folder / "out").glob("*.dcm")))
+    return sources_given(folder / "sources.txt"), len(list((folder / "out").glob("*.dcm")))

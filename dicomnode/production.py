@@ -35,8 +35,9 @@ from harmonizers.registry import load_model
 
 # Derived files being written (fsync) at once while the next ones are encoded.
 _WRITES_IN_FLIGHT = 4
-# How often the pipeline looks for the next file while the child writes them.
-_POLL_SECONDS = 0.005
+# How often the pipeline looks for the next file while the child writes them (and the
+# child, for the next source of a series still arriving).
+POLL_SECONDS = 0.005
 # Deferred reads: a slice's pixels are read when they are needed, then dropped.
 DEFER_SIZE = "64 KB"
 
@@ -254,7 +255,7 @@ class Producer:
             handed = hand_over_ready(output_dir, handed, on_file)
             if done:
                 break
-            wait([future], timeout=_POLL_SECONDS)
+            wait([future], timeout=POLL_SECONDS)
         try:
             produced = future.result()
         except BrokenProcessPool as exc:

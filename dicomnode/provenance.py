@@ -126,6 +126,12 @@ def _source_image(source: Dataset) -> Dataset:
     return item
 
 
+def window_sample(values: np.ndarray) -> np.ndarray:
+    """The voxels a display window is taken from: a window needs no exact percentiles, and
+    a strided million voxels spares a copy. A sample's sample is itself (stride 1)."""
+    return values.reshape(-1)[:: max(1, values.size // 1_000_000)]
+
+
 @dataclass(frozen=True)
 class Encoding:
     """How a derived series stores its values: uint16 times ``slope``, and a display window."""
@@ -142,9 +148,7 @@ class Encoding:
         the later phases, so a series made as it arrives gets the same window.
         """
         slope = cls.slope_for(top)
-        # A window needs no exact percentiles: a strided million voxels spares a copy.
-        sample = pre_contrast.reshape(-1)[:: max(1, pre_contrast.size // 1_000_000)]
-        low, high = (float(v) for v in np.percentile(sample, [1.0, 99.5]))
+        low, high = (float(v) for v in np.percentile(window_sample(pre_contrast), [1.0, 99.5]))
         return cls(slope, (low + high) / 2, max(high - low, slope))
 
     @staticmethod

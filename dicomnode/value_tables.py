@@ -23,7 +23,7 @@ import numpy as np
 from pydicom import Dataset
 
 from dicomnode.assembly import AssemblyError, rescale, slice_values
-from dicomnode.provenance import MAX_STORED, Encoding
+from dicomnode.provenance import MAX_STORED, Encoding, window_sample
 from harmonizers.base import ValueMap
 
 _MAX_TABLE_BITS = 16
@@ -84,5 +84,7 @@ class OutputTables:
 
     def encoding(self, pre_contrast: Iterable[Dataset]) -> Encoding:
         """The series' encoding: this slope, and the window of the harmonized pre-contrast."""
-        values = np.stack([self.stored(ds) for ds in pre_contrast]).astype(np.float32)
-        return Encoding.of(self.top, values * np.float32(self.slope))
+        # Sampled while still uint16: the same voxels Encoding.of would take, without
+        # converting the whole phase to float.
+        sample = window_sample(np.stack([self.stored(ds) for ds in pre_contrast]))
+        return Encoding.of(self.top, sample.astype(np.float32) * np.float32(self.slope))

@@ -10,6 +10,7 @@ from pydicom import dcmread
 from dicomnode.admin import status
 from dicomnode.head_start import progress, remove_unadopted
 from dicomnode.production import ProductionTask, produce_series
+from dicomnode.provenance import config_hash
 from dicomnode.retention import head_starts_dir
 from dicomnode.routing import RuleSet
 from tests.peers import wait_for
@@ -71,8 +72,6 @@ def test_a_series_is_sent_while_it_arrives_and_its_job_adopts_what_was_made(
 
 
 def _config_hash(harness: Harness) -> str:
-    from dicomnode.provenance import config_hash
-
     rule = harness.pipeline.rules.rule("ge-3t")
     assert rule is not None
     return config_hash(rule.model_dump(mode="json"))
