@@ -48,7 +48,7 @@ bench: deps
 	$(PY) -m bench
 
 # Re-fit the shipped models from simulated training cohorts (see harmonizers/README.md):
-# `models` takes under a minute; `models-deep` trains the CNNs, about half an hour on one core.
+# `models` takes under a minute; `models-deep` trains the CNNs, about 20 minutes on one core.
 models: deps
 	$(PY) -m harmonizers.make_models
 	$(PY) -m harmonizers.make_models --method physics

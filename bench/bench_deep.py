@@ -36,6 +36,7 @@ from harmonizers.cyclegan import CycleGANConfig, CycleGANHarmonizer, GainGenerat
 from harmonizers.deep import DeepHarmonizer
 from harmonizers.domain import ScannerDomain
 from harmonizers.nets import QUANTILE_LEVELS
+from harmonizers.physics import PhysicsHarmonizer, Protocol, TissueLevels
 from harmonizers.registry import load_model
 from harmonizers.stylemapper import StyleGenerator, StyleMapperConfig, StyleMapperHarmonizer
 
@@ -58,17 +59,21 @@ def _model(method: str) -> tuple[DeepHarmonizer[Any], str, int]:
         pass
     net: torch.nn.Module
     harmonizer: DeepHarmonizer[Any]
+    kinetics = PhysicsHarmonizer(target=Protocol(4.0, 10.0, 3.0, "gadobutrol"),
+                                 target_levels=TissueLevels(100.0, 300.0),
+                                 source_agent="gadobutrol", source_domain=SOURCE)
     if method == "cyclegan":
         c = CycleGANConfig()
         net = GainGenerator(c.width, c.blocks, c.knots)
         harmonizer = CycleGANHarmonizer(generator=net, work_mm=c.work_mm, target_scale=100.0,
-                                        source_domain=SOURCE)
+                                        kinetics=kinetics, source_domain=SOURCE)
     else:
         s = StyleMapperConfig()
         net = StyleGenerator(s.width, s.blocks, s.style_dim, s.knots)
         harmonizer = StyleMapperHarmonizer(
             generator=net, work_mm=s.work_mm, target_style=torch.zeros(s.style_dim),
-            target_quantiles=QUANTILE_LEVELS / 50.0, target_scale=100.0, source_domain=SOURCE)
+            target_quantiles=QUANTILE_LEVELS / 50.0, source_quantiles=QUANTILE_LEVELS / 50.0,
+            target_scale=100.0, kinetics=kinetics, source_domain=SOURCE)
     size = sum(p.numel() * p.element_size() for p in net.parameters())
     return harmonizer, f"untrained {method} (no shipped model)", size
 
@@ -82,7 +87,8 @@ def _acquisition(size: int, slices: int) -> Acquisition:
     pixels = np.stack([pre * (1 + 0.1 * p) for p in range(PHASES)]).astype(np.float32)
     pixels += rng.random(pixels.shape, dtype=np.float32) * 5
     return Acquisition(pixels=pixels, spacing_mm=(2.0, 340 / size, 340 / size),
-                       phase_times_s=tuple(60.0 * p for p in range(PHASES)), domain=SOURCE)
+                       phase_times_s=tuple(60.0 * p for p in range(PHASES)), domain=SOURCE,
+                       repetition_time_ms=5.0, flip_angle_deg=12.0)
 
 
 def _rss_kib(field: str) -> int | None:

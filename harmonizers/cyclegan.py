@@ -60,6 +60,7 @@ from harmonizers.nets import (
     native_tissue_quantiles,
     to_log,
 )
+from harmonizers.physics import PhysicsHarmonizer
 from harmonizers.training import (
     Trainer,
     TrainingConfig,
@@ -190,7 +191,7 @@ class CycleGANHarmonizer(DeepHarmonizer[GainGenerator]):
     """The source -> target generator of a trained CycleGAN, the same for every phase."""
 
     method: ClassVar[str] = "cyclegan"
-    format_version: ClassVar[int] = 2
+    format_version: ClassVar[int] = 3
 
     @classmethod
     def fit(
@@ -199,6 +200,7 @@ class CycleGANHarmonizer(DeepHarmonizer[GainGenerator]):
         target: Sequence[Acquisition],
         *,
         config: CycleGANConfig | None = None,
+        kinetics: PhysicsHarmonizer | None = None,
         checkpoint: Path | None = None,
         progress: bool = False,
         on_step: Callable[[int, dict[str, float]], None] | None = None,
@@ -206,13 +208,17 @@ class CycleGANHarmonizer(DeepHarmonizer[GainGenerator]):
         """Train on unpaired pre-contrast slices of both domains, then fit the sharpening
         filter on the trained generator's output (see :mod:`harmonizers.sharpness`).
 
-        ``checkpoint``: a file to save training state to and resume from (see
-        :func:`harmonizers.training.run_training`). Raises ValueError for mixed domains or
-        input the model could not harmonize (NaNs, one phase, unusable geometry).
+        ``kinetics``: the signal-equation model of the enhancement; by default fitted on
+        ``source`` and ``target`` (:meth:`PhysicsHarmonizer.fit`, gadobutrol unless the
+        series name their agent). ``checkpoint``: a file to save training state to and
+        resume from (see :func:`harmonizers.training.run_training`). Raises ValueError for
+        mixed domains or input the model could not harmonize (NaNs, one phase, unusable
+        geometry, target series without TR, flip angle or field).
         """
         cfg = config or CycleGANConfig()
         source_domain = common_domain(source, "source")
         target_domain = common_domain(target, "target")
+        kinetics = kinetics or PhysicsHarmonizer.fit(source, target)
         source_volumes, _ = prepare_volumes(source, cfg.work_mm, cls.method)
         target_volumes, target_scales = prepare_volumes(target, cfg.work_mm, cls.method)
         quantiles = (native_tissue_quantiles([acq.pre_contrast for acq in source]),
@@ -224,6 +230,7 @@ class CycleGANHarmonizer(DeepHarmonizer[GainGenerator]):
             generator=trainer.g_st,
             work_mm=cfg.work_mm,
             target_scale=float(np.mean(target_scales)),
+            kinetics=kinetics,
             source_domain=source_domain,
             target_domain=target_domain,
             training={**asdict(cfg), "device": trainer.device.type,
@@ -236,6 +243,7 @@ class CycleGANHarmonizer(DeepHarmonizer[GainGenerator]):
             acquisition, method=self.method, work_mm=self.work_mm,
             log_gain=partial(self.generator.log_gain, tissue_only=True),
             logits=self.generator.transfer_logits,
+            enhancement=self.enhancement(acquisition),
             sharpening=self.sharpening, target_scale=self.target_scale, device=self.device)
 
     def _architecture(self) -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """What the deep harmonizers share as model objects: validation, weights file, loading.
 
 :mod:`harmonizers.cyclegan` and :mod:`harmonizers.stylemapper` both ship one generator
-network, the working grid it runs on, the target's mean series scale and the sharpening filter
-(:mod:`harmonizers.sharpness`), in a ``model.pt``
-of the same layout (see :func:`harmonizers.nets.save_weights`). Each method adds only its
-architecture and its part of the target reference. The keys keep the shipped files' order
-(the target reference between ``generator`` and the domains), so saving a model writes the
-same bytes whichever class assembles the dict.
+network, the working grid it runs on, the target's mean series scale, the sharpening filter
+(:mod:`harmonizers.sharpness`) and the signal-equation model that gives each voxel's
+enhancement at the target's protocol (:class:`harmonizers.physics.PhysicsHarmonizer`, under
+``kinetics``), in a ``model.pt`` of the same layout (see
+:func:`harmonizers.nets.save_weights`). Each method adds only its architecture and its part
+of the target reference. The keys keep one order (the target reference between
+``generator`` and the domains), so saving a model writes the same bytes whichever class
+assembles the dict.
 
 Inference runs on a CUDA GPU when torch sees one, else on the CPU
 (:func:`harmonizers.nets.inference_device`; ``DICOMNODE_INFERENCE_DEVICE=cpu`` forces the
@@ -30,6 +32,7 @@ from harmonizers.acquisition import Acquisition
 from harmonizers.base import Harmonizer
 from harmonizers.domain import ScannerDomain
 from harmonizers.nets import (
+    Enhancement,
     domain_name,
     inference_device,
     load_state,
@@ -37,6 +40,7 @@ from harmonizers.nets import (
     parse_domain,
     save_weights,
 )
+from harmonizers.physics import PhysicsHarmonizer
 from harmonizers.sharpness import UnsharpFilter, fit_unsharp, radial_log_spectrum
 
 G = TypeVar("G", bound=nn.Module)
@@ -49,6 +53,9 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
     (:func:`~harmonizers.nets.series_scale`) in its own units: normalized output times it
     gives target units. ``sharpening`` is applied last, as one gain shared by every phase
     (:func:`~harmonizers.nets.harmonize_phases`); identity unless fitted (:meth:`sharpened`).
+    ``kinetics`` re-synthesizes each voxel's enhancement at the target's protocol from the
+    series' own (TR, flip angle and field from its headers): every phase's percent
+    enhancement is its, the networks and the filter shape the pre-contrast.
     ``device``: where the generator runs (see :func:`~harmonizers.nets.inference_device`;
     None picks it).
     """
@@ -62,6 +69,7 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
         generator: G,
         work_mm: float,
         target_scale: float,
+        kinetics: PhysicsHarmonizer,
         sharpening: UnsharpFilter | None = None,
         source_domain: ScannerDomain | None = None,
         target_domain: ScannerDomain | None = None,
@@ -77,6 +85,7 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
         self.generator = generator.to(self.device).eval()
         self.work_mm = float(work_mm)
         self.target_scale = float(target_scale)
+        self.kinetics = kinetics
         self.sharpening = sharpening or UnsharpFilter()
         self.training = dict(training or {})
 
@@ -103,6 +112,11 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
         closest to the ``target`` series' (unpaired: different patients on each side)."""
         spectrum = radial_log_spectrum([acq.pre_contrast for acq in target])
         return self.with_sharpening(fit_unsharp(self.output_spectrum(source), spectrum))
+
+    def enhancement(self, acquisition: Acquisition) -> Enhancement:
+        """Each voxel's enhancement factors at the target's protocol, block by block;
+        ModelError when the series lacks TR, flip angle or field, or is not finite."""
+        return self.kinetics.resynthesis(acquisition).enhancement
 
     @abstractmethod
     def _architecture(self) -> dict[str, Any]:
@@ -131,6 +145,7 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
             "generator": on_cpu.state_dict(),
             "sharpening": self.sharpening.as_dict(),
             **self._reference(),
+            "kinetics": self.kinetics.fields(),
             "source_domain": domain_name(self.source_domain),
             "target_domain": domain_name(self.target_domain),
             "training": self.training,
@@ -146,13 +161,17 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
             generator = cls._generator(arch)
             load_state(generator, weights["generator"], path)
             work_mm = float(arch["work_mm"])
+            source_domain = parse_domain(weights.get("source_domain"))
+            target_domain = parse_domain(weights.get("target_domain"))
             return cls(
                 generator=generator,
                 work_mm=work_mm,
                 sharpening=UnsharpFilter(**weights["sharpening"]),
                 **cls._reference_from(weights),
-                source_domain=parse_domain(weights.get("source_domain")),
-                target_domain=parse_domain(weights.get("target_domain")),
+                kinetics=PhysicsHarmonizer.from_fields(weights["kinetics"], source_domain,
+                                                       target_domain),
+                source_domain=source_domain,
+                target_domain=target_domain,
                 training=weights.get("training"),
                 device=device,
             )

@@ -86,22 +86,23 @@ def fit(method: str, source: str, cohort: list[Acquisition],
     The deep methods train with one CPU thread (the same result on any machine) and
     checkpoint into ``checkpoints``, so an interrupted run resumes.
     """
+    if method == "histogram":
+        return HistogramHarmonizer.fit(cohort, target)
+    physics = PhysicsHarmonizer.fit(cohort, target, source_agent=load_profile(source).agent,
+                                    target_agent=load_profile(REFERENCE).agent)
     if method in DEEP_METHODS:
         torch.set_num_threads(1)
     if method == "cyclegan":
         return CycleGANHarmonizer.fit(
-            cohort, target, progress=True,
+            cohort, target, kinetics=physics, progress=True,
             checkpoint=checkpoints / f"cyclegan-{source}.pt" if checkpoints else None)
     if method == "stylemapper":
         # One network for every source: only the label of the source scanner differs.
         if "stylemapper" not in _TRAINED:
             _TRAINED["stylemapper"] = _train_style_mapper(target, checkpoints)
         return _TRAINED["stylemapper"].restyled(target, source_domain=ScannerDomain.parse(source),
-                                                source=cohort)
-    if method == "physics":
-        return PhysicsHarmonizer.fit(cohort, target, source_agent=load_profile(source).agent,
-                                     target_agent=load_profile(REFERENCE).agent)
-    return HistogramHarmonizer.fit(cohort, target)
+                                                source=cohort, source_agent=physics.source_agent)
+    return physics
 
 
 # The style mapper trained in this run, reused for every source.

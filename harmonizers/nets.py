@@ -1,31 +1,35 @@
 """Layers and the phase-consistent application shared by the deep harmonizers.
 
 Both deep methods (:mod:`harmonizers.cyclegan`, :mod:`harmonizers.stylemapper`) learn one
-mapping and apply it unchanged to every phase, the design rule that keeps DCE kinetics (the
-lab's breast DCE CycleGAN work saw an image-to-image network applied phase by phase distort
-enhancement curves). In *normalized* units (each series divided by its own robust scale,
-:func:`series_scale`, which removes the arbitrary per-exam receive gain)::
+mapping of the pre-contrast and carry it unchanged to every phase, the design rule that keeps
+DCE kinetics (the lab's breast DCE CycleGAN work saw an image-to-image network applied phase
+by phase distort enhancement curves). In *normalized* units (each series divided by its own
+robust scale, :func:`series_scale`, which removes the arbitrary per-exam receive gain)::
 
-    y[p] = f(x[p]) * exp(b),   out[p] = y[p] * K(m) / m,   m = mean over p of y[p]
+    y[p] = f(x[0]) * exp(b) * e[p],   out[p] = y[p] * K(m) / m,   m = mean over p of y[p]
 
-* ``f``, a **monotone per-intensity transfer**: a piecewise-linear increasing function with
-  ``f(0) = 0`` (contrast between fat, FGT and muscle, like a learned histogram map). It acts
-  on each phase's own intensity, as the histogram method's map does, so a rising curve
-  stays rising and a washout stays a washout, and enhancement changes as the transfer's
-  slope says: scanners differ in relative enhancement too (field, TR, flip angle);
+* ``f``, a **monotone per-intensity transfer** of the pre-contrast: a piecewise-linear
+  increasing function with ``f(0) = 0`` (contrast between fat, FGT and muscle, like a
+  learned histogram map);
 * ``b``, a **smooth log-gain field** predicted from the pre-contrast by a small CNN at a
   quarter of a fixed physical working grid and upsampled bilinearly (B1+ and receive-coil
-  shading differ between scanners and are smooth). A per-voxel factor shared by all phases
-  cancels in percent enhancement;
+  shading differ between scanners and are smooth);
+* ``e[p]``, each voxel's **enhancement at the target's protocol**, its re-synthesized
+  signal relative to its pre-contrast by the spoiled-gradient-echo equation
+  (:meth:`harmonizers.physics.Resynthesis.enhancement`; ``e[0] = 1``). Scanners differ in
+  relative enhancement (field, TR, flip angle, relaxivity), which the pre-contrast alone
+  cannot tell; a transfer of each phase's own value, as ``f`` was first applied, moved
+  lesion enhancement the wrong way for two of three source scanners on the virtual scanner;
 * ``K``, one in-plane **unsharp-mask filter** (:mod:`harmonizers.sharpness`), fitted by
   matching power spectra: scanners differ in sharpness, which neither ``f`` nor ``b`` can
   change. It is applied as one bounded per-voxel gain, ``K(m) / m`` of the mean over phases
-  ``m``, shared by every phase, so it sharpens without changing any voxel's enhancement.
+  ``m``, shared by every phase.
 
-In target units, times the target's mean scale. The networks see the pre-contrast
-resampled to a fixed in-plane working grid (``work_mm``), so a model trained on coarse
-simulated grids applies to any matrix: only the gain field is computed there; ``f`` and
-``K`` act on the full-resolution voxels.
+``f``, ``b`` and ``K`` are one factor per voxel for every phase, so they cancel in percent
+enhancement: each voxel's enhancement curve is ``e``'s. In target units, times the target's
+mean scale. The networks see the pre-contrast resampled to a fixed in-plane working grid
+(``work_mm``), so a model trained on coarse simulated grids applies to any matrix: only the
+gain field is computed there; ``f``, ``e`` and ``K`` act on the full-resolution voxels.
 """
 
 from __future__ import annotations
@@ -401,6 +405,8 @@ def work_volume(volume: np.ndarray, spacing_yx: tuple[float, float], work_mm: fl
 
 
 LogGain = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
+# (phase, z, y, x) source voxels -> each voxel's enhancement factors, phase 0 all ones.
+Enhancement = Callable[[np.ndarray], np.ndarray]
 
 # Environment variable that picks the inference device: "cpu" forces the CPU, "cuda" asks
 # for the GPU; unset, the GPU is used when torch sees one.
@@ -429,6 +435,7 @@ def harmonize_phases(
     work_mm: float,
     log_gain: LogGain,
     logits: torch.Tensor,
+    enhancement: Enhancement,
     sharpening: UnsharpFilter,
     target_scale: float,
     device: torch.device,
@@ -436,22 +443,25 @@ def harmonize_phases(
     """Apply one learned mapping to every phase (the shared inference path).
 
     ``log_gain(stacks, size)`` maps (n, 3, h, w) working-grid stacks of the pre-contrast to
-    the (n, 1, *size) log-gain field; ``logits`` are the transfer's. Per chunk of slices the
-    gain field is computed once, and every phase becomes ``f(x[p]) * exp(b)``; then every
-    phase is multiplied by the one sharpening gain of the chunk's mean over phases
-    (:meth:`~harmonizers.sharpness.UnsharpFilter.shared_gain`), so no voxel's percent
-    enhancement depends on the filter. Then one factor for the whole series sets its level:
-    the harmonized pre-contrast's :func:`series_scale` becomes ``target_scale``, the
-    target's mean. The networks shape contrast and shading; the level is a statistic of the
-    target series, which adversarial training leaves free to drift (on the virtual scanner
-    the style mapper's output drifted about 18 % dark before this step). Negative input
-    values (a negative rescale intercept) are taken as 0, as magnitude images are
-    non-negative; ``f``, the field and the gain are positive, so the output is too.
+    the (n, 1, *size) log-gain field; ``logits`` are the transfer's; ``enhancement`` gives
+    each voxel's factor per phase for a block of slices (module doc, ``e``). Per chunk of
+    slices the gain field is computed once, and every phase becomes
+    ``f(x[0]) * exp(b) * e[p]``; then every phase is multiplied by the one sharpening gain
+    of the chunk's mean over phases (:meth:`~harmonizers.sharpness.UnsharpFilter.shared_gain`),
+    so no voxel's percent enhancement depends on the networks or the filter. Then one factor
+    for the whole series sets its level: the harmonized pre-contrast's :func:`series_scale`
+    becomes ``target_scale``, the target's mean. The networks shape contrast and shading;
+    the level is a statistic of the target series, which adversarial training leaves free to
+    drift (on the virtual scanner the style mapper's output drifted about 18 % dark before
+    this step).
+    Negative input values (a negative rescale intercept) are taken as 0, as magnitude images
+    are non-negative; ``f``, the field, ``e`` and the gain are non-negative, so the output
+    is too.
 
     The networks and the per-voxel arithmetic run on ``device`` (where ``log_gain`` and
-    ``logits`` live); the output is float32 on the CPU. On the CPU each chunk is computed
-    in place in the output. Memory: the output plus a few slices of temporaries (on a GPU,
-    a chunk of every phase there).
+    ``logits`` live); ``enhancement`` runs on the CPU; the output is float32 on the CPU. On
+    the CPU each chunk is computed in place in the output. Memory: the output plus a few
+    slices of temporaries (on a GPU, a chunk of every phase there).
     """
     grid = check_acquisition(acquisition, work_mm, method)
     scale = series_scale(acquisition.pre_contrast)
@@ -459,13 +469,12 @@ def harmonize_phases(
     size = (acquisition.pixels.shape[2], acquisition.pixels.shape[3])
     with torch.inference_mode():
         for z, stacks in work_stacks(acquisition.pre_contrast, scale, grid, device):
-            field = torch.exp(log_gain(stacks, size)[:, 0])
             target = torch.from_numpy(out[:, z])
             chunk = target if device.type == "cpu" else torch.empty(target.shape, device=device)
-            for phase in range(acquisition.n_phases):
-                voxels = torch.from_numpy(acquisition.pixels[phase, z]).to(device)
-                chunk[phase] = monotone_transfer(torch.clamp(voxels, min=0.0) / scale,
-                                                 logits) * field
+            chunk.copy_(torch.from_numpy(enhancement(acquisition.pixels[:, z])))
+            pre = torch.from_numpy(acquisition.pixels[0, z]).to(device)
+            chunk *= (monotone_transfer(torch.clamp(pre, min=0.0) / scale, logits)
+                      * torch.exp(log_gain(stacks, size)[:, 0]))
             if sharpening.amount != 0.0:
                 chunk *= sharpening.shared_gain(chunk.mean(0), TISSUE_LEVEL)
             if chunk is not target:

@@ -56,7 +56,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -277,8 +277,58 @@ def _interp_uniform(values: np.ndarray, first: float, step: float, table: np.nda
 
 def _require(value: float | None, what: str, tag: str) -> float:
     if value is None:
-        raise ModelError(f"the physics method needs the {what} ({tag}); this series has none")
+        raise ModelError(f"the signal equation needs the {what} ({tag}); this series has none")
     return float(value)
+
+
+@dataclass(frozen=True)
+class Resynthesis:
+    """Steps 1-3 of the module doc for one series: its own tissue levels ``own``, the
+    target's, and ``Phi`` for its protocol (:func:`water_ratio_map`). Applied to blocks of
+    the series' voxels, ``(phase, ...)`` with phase 0 the pre-contrast, so a caller may go
+    slice by slice."""
+
+    own: TissueLevels
+    target: TissueLevels
+    phi: tuple[float, float, np.ndarray]
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        """The block re-synthesized in target units, float32, non-negative."""
+        own, mid_t, top_t = self.own, self.target.middle, self.target.bright
+        pre = block[0]
+        w = np.clip((pre - np.float32(own.middle)) / np.float32(own.bright - own.middle), 0, 1)
+        gain = pre / (np.float32(own.middle) + w * np.float32(own.bright - own.middle))
+        water_0 = np.maximum(gain * w * np.float32(own.bright),
+                             np.float32(WATER_FLOOR * own.bright))
+        out = np.empty(block.shape, dtype=np.float32)
+        out[0] = np.maximum(gain * (np.float32(mid_t) + w * np.float32(top_t - mid_t)), 0)
+        to_target = water_0 * np.float32(top_t / own.bright)
+        inverse_water = np.float32(1.0) / water_0
+        for phase in range(1, block.shape[0]):
+            ratio = block[phase] - pre
+            ratio *= inverse_water
+            ratio += np.float32(1.0)
+            mapped = _interp_uniform(ratio, *self.phi)
+            mapped -= np.float32(1.0)
+            mapped *= to_target
+            mapped += out[0]
+            np.maximum(mapped, 0, out=out[phase])
+        return out
+
+    def enhancement(self, block: np.ndarray) -> np.ndarray:
+        """Each voxel's re-synthesized signal relative to its pre-contrast, ``(phase, ...)``.
+
+        ``1 + (out[p] - out[0]) / max(out[0], WATER_FLOOR x G_t)``: phase 0 is exactly 1,
+        and a voxel's percent enhancement is the re-synthesis's wherever its pre-contrast
+        is above the floor (tissue and suppressed fat); below it (air) the floor keeps the
+        factor finite. Non-negative, as the re-synthesis is.
+        """
+        out = self(block)
+        base = np.maximum(out[0], np.float32(WATER_FLOOR * self.target.bright))
+        out -= out[0]
+        out /= base
+        out += np.float32(1.0)
+        return out
 
 
 class PhysicsHarmonizer(Harmonizer):
@@ -329,7 +379,20 @@ class PhysicsHarmonizer(Harmonizer):
         empty or mixed, a target series lacks TR, flip angle or field, or the target series
         disagree on the protocol.
         """
-        source_domain = common_domain(source, "source")
+        return cls.to_target(target, source_agent=_side_agent(source, source_agent),
+                             target_agent=target_agent,
+                             source_domain=common_domain(source, "source"))
+
+    @classmethod
+    def to_target(
+        cls,
+        target: Sequence[Acquisition],
+        *,
+        source_agent: str,
+        target_agent: str,
+        source_domain: ScannerDomain | None,
+    ) -> Self:
+        """The target side of :meth:`fit` (the source gives only its agent and domain)."""
         target_domain = common_domain(target, "target")
         if target_domain is None:
             raise ModelError("target acquisitions have no scanner domain (field strength)")
@@ -355,7 +418,7 @@ class PhysicsHarmonizer(Harmonizer):
                 middle=float(np.mean([lv.middle for lv in levels])),
                 bright=float(np.mean([lv.bright for lv in levels])),
             ),
-            source_agent=_side_agent(source, source_agent),
+            source_agent=source_agent,
             source_domain=source_domain,
             target_domain=target_domain,
         )
@@ -364,7 +427,7 @@ class PhysicsHarmonizer(Harmonizer):
         """The series' protocol from its headers; ModelError names what is missing."""
         if acquisition.domain is None:
             raise ModelError(
-                "the physics method needs the field strength (MagneticFieldStrength); "
+                "the signal equation needs the field strength (MagneticFieldStrength); "
                 "this series' scanner is unknown"
             )
         agent = acquisition.extra.get("ContrastBolusAgent") or self.source_agent
@@ -376,53 +439,47 @@ class PhysicsHarmonizer(Harmonizer):
             agent=agent,
         )
 
-    def _harmonize(self, acquisition: Acquisition) -> np.ndarray:
+    def resynthesis(self, acquisition: Acquisition) -> Resynthesis:
+        """The re-synthesis of this series: its protocol from the headers, its tissue levels
+        from its pre-contrast. ModelError names what is missing or unusable."""
         source = self.source_protocol(acquisition)
         if not np.isfinite(acquisition.pixels).all():
             raise ModelError("the series holds non-finite pixel values (NaN or infinity)")
-        pre = acquisition.pre_contrast
-        own = tissue_levels(pre)
-        mid_t, top_t = self.target_levels.middle, self.target_levels.bright
-        # Step 1-2 of the module doc: water fraction, local gain, pre-contrast map.
-        w = np.clip((pre - np.float32(own.middle)) / np.float32(own.bright - own.middle), 0, 1)
-        gain = pre / (np.float32(own.middle) + w * np.float32(own.bright - own.middle))
-        water_0 = np.maximum(gain * w * np.float32(own.bright),
-                             np.float32(WATER_FLOOR * own.bright))
-        out = np.empty(acquisition.pixels.shape, dtype=np.float32)
-        out[0] = np.maximum(gain * (np.float32(mid_t) + w * np.float32(top_t - mid_t)), 0)
-        # Step 3: each phase's water ratio through Phi, back to target units.
-        first, step, table = water_ratio_map(source, self.target)
-        to_target = water_0 * np.float32(top_t / own.bright)
-        inverse_water = np.float32(1.0) / water_0
-        for phase in range(1, acquisition.n_phases):
-            ratio = acquisition.pixels[phase] - pre
-            ratio *= inverse_water
-            ratio += np.float32(1.0)
-            mapped = _interp_uniform(ratio, first, step, table)
-            mapped -= np.float32(1.0)
-            mapped *= to_target
-            mapped += out[0]
-            np.maximum(mapped, 0, out=out[phase])
-        return out
+        return Resynthesis(own=tissue_levels(acquisition.pre_contrast),
+                           target=self.target_levels,
+                           phi=water_ratio_map(source, self.target))
 
-    def save(self, folder: Path) -> None:
-        save_json_weights(self, folder, _FORMAT_VERSION, {
+    def _harmonize(self, acquisition: Acquisition) -> np.ndarray:
+        return self.resynthesis(acquisition)(acquisition.pixels)
+
+    def fields(self) -> dict[str, Any]:
+        """The model as plain data (what the weights file holds besides method and domains)."""
+        return {
             "target": asdict(self.target),
             "target_levels": asdict(self.target_levels),
             "source_agent": self.source_agent,
-        })
+        }
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any], source_domain: ScannerDomain | None,
+                    target_domain: ScannerDomain | None) -> Self:
+        """The inverse of :meth:`fields`; KeyError, TypeError or ValueError if malformed."""
+        return cls(
+            target=Protocol(**fields["target"]),
+            target_levels=TissueLevels(**fields["target_levels"]),
+            source_agent=fields["source_agent"],
+            source_domain=source_domain,
+            target_domain=target_domain,
+        )
+
+    def save(self, folder: Path) -> None:
+        save_json_weights(self, folder, _FORMAT_VERSION, self.fields())
 
     @classmethod
     def load(cls, folder: Path) -> Self:
         weights, source_domain, target_domain = load_json_weights(cls, folder, _FORMAT_VERSION)
         try:
-            return cls(
-                target=Protocol(**weights["target"]),
-                target_levels=TissueLevels(**weights["target_levels"]),
-                source_agent=weights["source_agent"],
-                source_domain=source_domain,
-                target_domain=target_domain,
-            )
+            return cls.from_fields(weights, source_domain, target_domain)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{folder / cls.weights_file}: invalid weights ({exc!r})") from exc
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from harmonizers import training
+from harmonizers import stylemapper, training
 from harmonizers.acquisition import Acquisition
 from harmonizers.base import Harmonizer, ModelError
 from harmonizers.cyclegan import CycleGANConfig, CycleGANHarmonizer
@@ -31,6 +31,7 @@ from harmonizers.nets import (
     inference_device,
     initial_slope_logits,
     monotone_transfer,
+    native_tissue_quantiles,
     series_scale,
 )
 from harmonizers.registry import harmonizer_class, load_model
@@ -93,11 +94,12 @@ def test_harmonizes_a_tiny_acquisition(fitted: Harmonizer) -> None:
 
 def test_one_mapping_serves_every_phase(fitted: Harmonizer) -> None:
     acq = source_scan(21, 1.0)
-    # A last phase equal to the pre-contrast must come out equal to it, bit for bit.
+    # A last phase equal to the pre-contrast must come out equal to it (to float32
+    # rounding of the tabulated signal equation).
     pixels = np.concatenate([acq.pixels, acq.pixels[:1]])
     times = (*acq.phase_times_s, acq.phase_times_s[-1] + 60.0)
     out = fitted.harmonize(dataclasses.replace(acq, pixels=pixels, phase_times_s=times))
-    np.testing.assert_array_equal(out[-1], out[0])
+    np.testing.assert_allclose(out[-1], out[0], rtol=1e-5)
     assert not np.array_equal(out[1], out[0])
 
 
@@ -127,18 +129,37 @@ def test_sharpening_is_one_gain_shared_by_every_phase(fitted: Harmonizer) -> Non
     assert ratio[0].std() > 0.01 * ratio[0].mean()  # and it does sharpen
 
 
+def test_every_voxel_enhances_as_the_signal_equation_says(fitted: Harmonizer) -> None:
+    # The networks and the filter shape the pre-contrast; each voxel's percent enhancement
+    # is the SPGR re-synthesis at the target's protocol (TR, flip angle, field, r1), not
+    # the source's, and not a transfer of each phase's own value.
+    sharp = fitted.with_sharpening(UnsharpFilter(1.5, 1.0))  # type: ignore[attr-defined]
+    acq = source_scan(27, 1.0)
+    out = sharp.harmonize(acq).astype(np.float64)
+    factors = sharp.kinetics.resynthesis(acq).enhancement(acq.pixels).astype(np.float64)
+    bright = acq.pixels[0] > 0.3 * acq.pixels[0].max()
+    np.testing.assert_allclose(out[:, bright] / out[0, bright], factors[:, bright], rtol=1e-4)
+    lesion = intrinsic(27)[1]
+    source_pe = acq.pixels[1, lesion].mean() / acq.pixels[0, lesion].mean() - 1
+    out_pe = out[1, lesion].mean() / out[0, lesion].mean() - 1
+    assert abs(out_pe - source_pe) > 0.05 * source_pe  # 1.5 T gamma 1.6 -> 3 T changes it
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_shared_gain_is_the_filter_on_the_mean_over_phases(device: str) -> None:
-    # With an identity transfer and no shading field the mapped series is x / scale, so
-    # the expected output can be written down: that times the filter's shared gain of its
-    # mean over phases, brought to the target scale. On a GPU, the same within rounding.
+    # With an identity transfer, no shading field and each phase's own ratio to the
+    # pre-contrast as its enhancement, the mapped series is x / scale, so the expected
+    # output can be written down: that times the filter's shared gain of its mean over
+    # phases, brought to the target scale. On a GPU, the same within rounding.
     acq = source_scan(26, 1.0)
     sharpening = UnsharpFilter(1.2, 0.7)
     out = harmonize_phases(
         acq, method="test", work_mm=1.0,
         log_gain=lambda stacks, size: torch.zeros(stacks.shape[0], 1, *size,
                                                   device=stacks.device),
-        logits=initial_slope_logits(8).to(device), sharpening=sharpening,
+        logits=initial_slope_logits(8).to(device),
+        enhancement=lambda block: np.maximum(block, 1e-6) / np.maximum(block[0], 1e-6),
+        sharpening=sharpening,
         target_scale=100.0, device=torch.device(device))
     assert isinstance(out, np.ndarray) and out.dtype == np.float32
     mapped = np.maximum(acq.pixels, 0) / np.float32(series_scale(acq.pre_contrast))
@@ -256,6 +277,11 @@ def test_bad_input_is_refused_clearly(fitted: Harmonizer) -> None:
         fitted.harmonize(dataclasses.replace(acq, pixels=small))
     with pytest.raises(ValueError, match="phase times"):
         Acquisition(pixels=acq.pixels, spacing_mm=acq.spacing_mm, phase_times_s=(0.0, 1.0))
+    # The enhancement is re-synthesized from the series' protocol, so it must be known.
+    with pytest.raises(ModelError, match="flip angle"):
+        fitted.harmonize(dataclasses.replace(acq, flip_angle_deg=None))
+    with pytest.raises(ModelError, match="field strength"):
+        fitted.harmonize(dataclasses.replace(acq, domain=None))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -322,6 +348,37 @@ def test_stylemapper_takes_the_target_style_at_run_time() -> None:
     remeasured = harmonizer.restyled(references, source=[source_scan(44, 1.0)])
     assert remeasured.source_spectrum is not None
     assert not np.array_equal(remeasured.source_spectrum, harmonizer.source_spectrum)
+
+
+def test_stylemapper_matches_the_scanners_histograms_not_the_series(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A series' histogram is its patient's too (fibroglandular density): the transfer's
+    # match runs from the source scanner's pooled tissue quantiles, whatever the series.
+    harmonizer = fit("stylemapper")
+    assert isinstance(harmonizer, StyleMapperHarmonizer)
+    source = [source_scan(10, 0.7), source_scan(11, 2.0)]
+    np.testing.assert_array_equal(
+        harmonizer.source_quantiles, native_tissue_quantiles([a.pre_contrast for a in source]))
+    matched: list[np.ndarray] = []
+    real_match = stylemapper.match_logits
+
+    def recording(source_q: np.ndarray, target_q: np.ndarray, knots: int) -> np.ndarray:
+        matched.append(source_q)
+        return real_match(source_q, target_q, knots)
+
+    monkeypatch.setattr(stylemapper, "match_logits", recording)
+    for fgt_radius in (0.35, 0.7):  # a fatty and a dense breast
+        harmonizer.harmonize(scan(intrinsic(45, fgt_radius)[0], gain=1.0, gamma=1.6,
+                                  domain=harmonizer.source_domain, seed=46))
+    assert len(matched) == 2
+    for used in matched:
+        np.testing.assert_array_equal(used, harmonizer.source_quantiles)
+    # Other series of the source scanner, given when restyling, give its quantiles anew.
+    others = [source_scan(47, 1.0)]
+    restyled = harmonizer.restyled([target_scan(48)], source=others)
+    np.testing.assert_array_equal(
+        restyled.source_quantiles, native_tissue_quantiles([a.pre_contrast for a in others]))
 
 
 def test_dicomnode_train_cyclegan_end_to_end(tmp_path: Path) -> None:

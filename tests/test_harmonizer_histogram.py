@@ -66,6 +66,8 @@ def scan(
         spacing_mm=(2.0, 1.0, 1.0),
         phase_times_s=PHASE_TIMES,
         domain=domain,
+        repetition_time_ms=5.0,
+        flip_angle_deg=12.0,
     )
 
 

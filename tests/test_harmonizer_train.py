@@ -49,6 +49,7 @@ def write_dicom(acq: Acquisition, folder: Path, vendor: str) -> None:
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
             ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", "0"
+            ds.RepetitionTime, ds.FlipAngle = acq.repetition_time_ms, acq.flip_angle_deg
             ds.PixelData = stored[phase, z].tobytes()
             ds.save_as(folder / f"{phase:02d}_{z:03d}.dcm", enforce_file_format=True)
 
