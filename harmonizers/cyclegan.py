@@ -245,7 +245,7 @@ class CycleGANHarmonizer(DeepHarmonizer[GainGenerator]):
             acquisition, method=self.method, work_mm=self.work_mm,
             log_gain=partial(self.generator.log_gain, tissue_only=True),
             logits=self.generator.transfer_logits,
-            enhancement=self.enhancement(acquisition),
+            enhancement=self.enhancement,
             sharpening=self.sharpening, target_scale=self.target_scale, device=self.device)
 
     def _architecture(self) -> dict[str, Any]:

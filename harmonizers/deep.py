@@ -114,8 +114,8 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
         return self.with_sharpening(fit_unsharp(self.output_spectrum(source), spectrum))
 
     def enhancement(self, acquisition: Acquisition) -> Enhancement:
-        """Each voxel's enhancement factors at the target's protocol, block by block;
-        ModelError when the series lacks TR, flip angle or field, or is not finite."""
+        """Each voxel's enhancement factors at the target's protocol, block by block, for a
+        checked acquisition; ModelError when the series lacks TR, flip angle or field."""
         return self.kinetics.resynthesis(acquisition).enhancement
 
     @abstractmethod

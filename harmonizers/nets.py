@@ -407,6 +407,8 @@ def work_volume(volume: np.ndarray, spacing_yx: tuple[float, float], work_mm: fl
 LogGain = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
 # (phase, z, y, x) source voxels -> each voxel's enhancement factors, phase 0 all ones.
 Enhancement = Callable[[np.ndarray], np.ndarray]
+# A checked acquisition -> its Enhancement (what needs the whole series is done once here).
+EnhancementOf = Callable[[Acquisition], Enhancement]
 
 # Environment variable that picks the inference device: "cpu" forces the CPU, "cuda" asks
 # for the GPU; unset, the GPU is used when torch sees one.
@@ -435,7 +437,7 @@ def harmonize_phases(
     work_mm: float,
     log_gain: LogGain,
     logits: torch.Tensor,
-    enhancement: Enhancement,
+    enhancement: EnhancementOf,
     sharpening: UnsharpFilter,
     target_scale: float,
     device: torch.device,
@@ -443,17 +445,17 @@ def harmonize_phases(
     """Apply one learned mapping to every phase (the shared inference path).
 
     ``log_gain(stacks, size)`` maps (n, 3, h, w) working-grid stacks of the pre-contrast to
-    the (n, 1, *size) log-gain field; ``logits`` are the transfer's; ``enhancement`` gives
-    each voxel's factor per phase for a block of slices (module doc, ``e``). Per chunk of
-    slices the gain field is computed once, and every phase becomes
-    ``f(x[0]) * exp(b) * e[p]``; then every phase is multiplied by the one sharpening gain
-    of the chunk's mean over phases (:meth:`~harmonizers.sharpness.UnsharpFilter.shared_gain`),
-    so no voxel's percent enhancement depends on the networks or the filter. Then one factor
-    for the whole series sets its level: the harmonized pre-contrast's :func:`series_scale`
-    becomes ``target_scale``, the target's mean. The networks shape contrast and shading;
-    the level is a statistic of the target series, which adversarial training leaves free to
-    drift (on the virtual scanner the style mapper's output drifted about 18 % dark before
-    this step).
+    the (n, 1, *size) log-gain field; ``logits`` are the transfer's; ``enhancement`` gives,
+    for the checked acquisition, each voxel's factor per phase for a block of slices
+    (module doc, ``e``). Per chunk of slices the gain field is computed once, and every
+    phase becomes ``f(x[0]) * exp(b) * e[p]``; then every phase is multiplied by the one
+    sharpening gain of the chunk's mean over phases
+    (:meth:`~harmonizers.sharpness.UnsharpFilter.shared_gain`), so no voxel's percent
+    enhancement depends on the networks or the filter. Then one factor for the whole series
+    sets its level: the harmonized pre-contrast's :func:`series_scale` becomes
+    ``target_scale``, the target's mean. The networks shape contrast and shading; the level
+    is a statistic of the target series, which adversarial training leaves free to drift (on
+    the virtual scanner the style mapper's output drifted about 18 % dark before this step).
     Negative input values (a negative rescale intercept) are taken as 0, as magnitude images
     are non-negative; ``f``, the field, ``e`` and the gain are non-negative, so the output
     is too.
@@ -464,6 +466,7 @@ def harmonize_phases(
     slices of temporaries (on a GPU, a chunk of every phase there).
     """
     grid = check_acquisition(acquisition, work_mm, method)
+    factors = enhancement(acquisition)
     scale = series_scale(acquisition.pre_contrast)
     out = np.empty(acquisition.pixels.shape, dtype=np.float32)
     size = (acquisition.pixels.shape[2], acquisition.pixels.shape[3])
@@ -471,7 +474,7 @@ def harmonize_phases(
         for z, stacks in work_stacks(acquisition.pre_contrast, scale, grid, device):
             target = torch.from_numpy(out[:, z])
             chunk = target if device.type == "cpu" else torch.empty(target.shape, device=device)
-            chunk.copy_(torch.from_numpy(enhancement(acquisition.pixels[:, z])))
+            chunk.copy_(torch.from_numpy(factors(acquisition.pixels[:, z])))
             pre = torch.from_numpy(acquisition.pixels[0, z]).to(device)
             chunk *= (monotone_transfer(torch.clamp(pre, min=0.0) / scale, logits)
                       * torch.exp(log_gain(stacks, size)[:, 0]))

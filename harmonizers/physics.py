@@ -440,16 +440,16 @@ class PhysicsHarmonizer(Harmonizer):
         )
 
     def resynthesis(self, acquisition: Acquisition) -> Resynthesis:
-        """The re-synthesis of this series: its protocol from the headers, its tissue levels
-        from its pre-contrast. ModelError names what is missing or unusable."""
-        source = self.source_protocol(acquisition)
-        if not np.isfinite(acquisition.pixels).all():
-            raise ModelError("the series holds non-finite pixel values (NaN or infinity)")
+        """The re-synthesis of this series, whose pixels the caller has checked are finite:
+        its protocol from the headers, its tissue levels from its pre-contrast. ModelError
+        names what is missing or unusable."""
         return Resynthesis(own=tissue_levels(acquisition.pre_contrast),
                            target=self.target_levels,
-                           phi=water_ratio_map(source, self.target))
+                           phi=water_ratio_map(self.source_protocol(acquisition), self.target))
 
     def _harmonize(self, acquisition: Acquisition) -> np.ndarray:
+        if not np.isfinite(acquisition.pixels).all():
+            raise ModelError("the series holds non-finite pixel values (NaN or infinity)")
         return self.resynthesis(acquisition)(acquisition.pixels)
 
     def fields(self) -> dict[str, Any]:

@@ -20,8 +20,8 @@ gives at the target's protocol (see :mod:`harmonizers.nets`):
   code: the contrast change depends on where the series comes from and where it goes.
   The match is the scanners', not the series': matching each series' own histogram to the
   target's forced every patient onto one histogram shape (fibroglandular density is a
-  patient's, not a scanner's), and on held-out virtual patients cost similarity (NRMSE
-  0.357 against 0.312 with the scanner's quantiles for Philips 1.5 T, seeds 4000-4005);
+  patient's, not a scanner's) and cost similarity on held-out virtual patients
+  (harmonizers/README.md, "StyleMapper");
 * the **sharpening** filter brings the power spectrum of the model's output on its
   training source to the style reference's (:mod:`harmonizers.sharpness`); the model keeps
   that output spectrum, so a new style reference refits the filter.
@@ -474,7 +474,7 @@ class StyleMapperHarmonizer(DeepHarmonizer[StyleGenerator]):
 
         return harmonize_phases(acquisition, method=self.method, work_mm=self.work_mm,
                                 log_gain=log_gain, logits=logits,
-                                enhancement=self.enhancement(acquisition),
+                                enhancement=self.enhancement,
                                 sharpening=self.sharpening,
                                 target_scale=self.target_scale, device=device)
 

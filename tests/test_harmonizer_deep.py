@@ -158,7 +158,7 @@ def test_shared_gain_is_the_filter_on_the_mean_over_phases(device: str) -> None:
         log_gain=lambda stacks, size: torch.zeros(stacks.shape[0], 1, *size,
                                                   device=stacks.device),
         logits=initial_slope_logits(8).to(device),
-        enhancement=lambda block: np.maximum(block, 1e-6) / np.maximum(block[0], 1e-6),
+        enhancement=lambda _: lambda block: np.maximum(block, 1e-6) / np.maximum(block[0], 1e-6),
         sharpening=sharpening,
         target_scale=100.0, device=torch.device(device))
     assert isinstance(out, np.ndarray) and out.dtype == np.float32
