@@ -8,6 +8,8 @@ robust scale, :func:`series_scale`, which removes the arbitrary per-exam receive
 
     y[p] = f(x[0]) * exp(b) * e[p],   out[p] = y[p] * K(m) / m,   m = mean over p of y[p]
 
+(with ``e[p]`` itself sharpened by ``K`` where ``K`` sharpens; below)
+
 * ``f``, a **monotone per-intensity transfer** of the pre-contrast: a piecewise-linear
   increasing function with ``f(0) = 0`` (contrast between fat, FGT and muscle, like a
   learned histogram map);
@@ -23,13 +25,16 @@ robust scale, :func:`series_scale`, which removes the arbitrary per-exam receive
 * ``K``, one in-plane **unsharp-mask filter** (:mod:`harmonizers.sharpness`), fitted by
   matching power spectra: scanners differ in sharpness, which neither ``f`` nor ``b`` can
   change. It is applied as one bounded per-voxel gain, ``K(m) / m`` of the mean over phases
-  ``m``, shared by every phase.
+  ``m``, shared by every phase, and, where it sharpens, to each phase's rise ``e[p] - 1`` as
+  well, as a gain per voxel and phase held in [1/2, 2]: a blurrier source spread a small
+  lesion's enhancement into its surroundings, and the same filter gathers it back.
 
-``f``, ``b`` and ``K`` are one factor per voxel for every phase, so they cancel in percent
-enhancement: each voxel's enhancement curve is ``e``'s. In target units, times the target's
-mean scale. The networks see the pre-contrast resampled to a fixed in-plane working grid
-(``work_mm``), so a model trained on coarse simulated grids applies to any matrix: only the
-gain field is computed there; ``f``, ``e`` and ``K`` act on the full-resolution voxels.
+``f`` and ``b`` are one factor per voxel for every phase, so they cancel in percent
+enhancement: each voxel's enhancement curve is ``e``'s, sharpened by ``K``. In target
+units, times the target's mean scale. The networks see the pre-contrast resampled to a
+fixed in-plane working grid (``work_mm``), so a model trained on coarse simulated grids
+applies to any matrix: only the gain field is computed there; ``f``, ``e`` and ``K`` act
+on the full-resolution voxels.
 """
 
 from __future__ import annotations
@@ -59,6 +64,10 @@ X_MAX = 4.0
 MAX_LOG_GAIN = math.log(4.0)
 # Normalized values above this are tissue (the series scale puts tissue near 1, air near 0).
 TISSUE_LEVEL = 0.3
+# Enhancement (a voxel's rise over its pre-contrast, as a fraction of it) below which its
+# ratio to the sharpened enhancement says nothing: about twice the noise of that fraction in
+# tissue at the FGT SNR of 25-40 the simulator's profiles assume (sqrt(2) / SNR).
+ENHANCEMENT_FLOOR = 0.1
 # Smoothing of the log-gain field, in quarter-resolution pixels: 2 is 8 working-grid pixels,
 # 28 mm at 3.5 mm, the scale of coil shading rather than of anatomy.
 SHADING_SIGMA = 2.0
@@ -448,10 +457,12 @@ def harmonize_phases(
     the (n, 1, *size) log-gain field; ``logits`` are the transfer's; ``enhancement`` gives,
     for the checked acquisition, each voxel's factor per phase for a block of slices
     (module doc, ``e``). Per chunk of slices the gain field is computed once, and every
-    phase becomes ``f(x[0]) * exp(b) * e[p]``; then every phase is multiplied by the one
-    sharpening gain of the chunk's mean over phases
-    (:meth:`~harmonizers.sharpness.UnsharpFilter.shared_gain`), so no voxel's percent
-    enhancement depends on the networks or the filter. Then one factor for the whole series
+    phase becomes ``f(x[0]) * exp(b) * e[p]``, so no voxel's percent enhancement depends on
+    the networks. The sharpening filter then acts twice, as one bounded gain each
+    (:meth:`~harmonizers.sharpness.UnsharpFilter.shared_gain`): on the image, one gain per
+    voxel from the mean over phases, shared by every phase; on each phase's enhancement
+    ``e[p] - 1``, a gain per voxel and phase in [1/2, 2] (below ``ENHANCEMENT_FLOOR`` going to
+    1), so a rising voxel stays rising. Then one factor for the whole series
     sets its level: the harmonized pre-contrast's :func:`series_scale` becomes
     ``target_scale``, the target's mean. The networks shape contrast and shading; the level
     is a statistic of the target series, which adversarial training leaves free to drift (on
@@ -476,10 +487,16 @@ def harmonize_phases(
             chunk = target if device.type == "cpu" else torch.empty(target.shape, device=device)
             chunk.copy_(torch.from_numpy(factors(acquisition.pixels[:, z])))
             pre = torch.from_numpy(acquisition.pixels[0, z]).to(device)
-            chunk *= (monotone_transfer(torch.clamp(pre, min=0.0) / scale, logits)
-                      * torch.exp(log_gain(stacks, size)[:, 0]))
-            if sharpening.amount != 0.0:
-                chunk *= sharpening.shared_gain(chunk.mean(0), TISSUE_LEVEL)
+            pre = (monotone_transfer(torch.clamp(pre, min=0.0) / scale, logits)
+                   * torch.exp(log_gain(stacks, size)[:, 0]))
+            pre *= sharpening.shared_gain(pre * chunk.mean(0), TISSUE_LEVEL)
+            if sharpening.amount > 0.0:  # sharpens the enhancement; never blurs it
+                for rise in chunk[1:]:  # a phase at a time: the blur's copies stay small
+                    rise -= 1.0
+                    rise *= sharpening.shared_gain(rise, ENHANCEMENT_FLOOR)
+                    rise += 1.0
+                chunk.clamp_(min=0.0)  # a darkening doubled must not go below zero signal
+            chunk *= pre
             if chunk is not target:
                 target.copy_(chunk)
     out *= np.float32(target_scale / series_scale(out[0]))

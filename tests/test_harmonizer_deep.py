@@ -24,6 +24,7 @@ from harmonizers.domain import ScannerDomain
 from harmonizers.model_store import save_model
 from harmonizers.nets import (
     DEVICE_ENV,
+    ENHANCEMENT_FLOOR,
     TISSUE_LEVEL,
     X_MAX,
     bounded_log_gain,
@@ -116,27 +117,40 @@ def test_each_voxel_curve_keeps_its_order(fitted: Harmonizer) -> None:
     np.testing.assert_array_equal(np.sign(rise_out[clear]), np.sign(rise_in[clear]))
 
 
-def test_sharpening_is_one_gain_shared_by_every_phase(fitted: Harmonizer) -> None:
-    sharpening = UnsharpFilter(0.8, 1.0)
+def test_sharpening_sharpens_enhancement_within_bounds_and_never_blurs_it(
+    fitted: Harmonizer,
+) -> None:
     acq = source_scan(25, 1.0)
     plain = fitted.with_sharpening(UnsharpFilter()).harmonize(acq)  # type: ignore[attr-defined]
-    sharp = fitted.with_sharpening(sharpening).harmonize(acq)  # type: ignore[attr-defined]
     bright = plain.min(0) > 0.2 * np.median(plain[0][plain[0] > 0])
-    # One factor per voxel for every phase: each voxel's percent enhancement is the
-    # unsharpened mapping's, whatever the filter.
-    ratio = sharp[:, bright].astype(np.float64) / plain[:, bright]
-    np.testing.assert_allclose(ratio, np.broadcast_to(ratio[0], ratio.shape), rtol=1e-5)
-    assert ratio[0].std() > 0.01 * ratio[0].mean()  # and it does sharpen
+
+    def rise(out: np.ndarray) -> np.ndarray:
+        return out[1:, bright].astype(np.float64) / out[0, bright] - 1
+
+    # A sharpening filter: the pre-contrast by one gain per voxel, and each phase's rise
+    # by a gain per voxel and phase held in [1/2, 2] (so rising stays rising).
+    sharp = fitted.with_sharpening(UnsharpFilter(0.8, 1.0)).harmonize(acq)  # type: ignore[attr-defined]
+    image_gain = sharp[0, bright].astype(np.float64) / plain[0, bright]
+    assert image_gain.std() > 0.01 * image_gain.mean()
+    clear = np.abs(rise(plain)) > 0.1
+    rise_gain = rise(sharp)[clear] / rise(plain)[clear]
+    assert clear.sum() > 50 and rise_gain.min() >= 0.5 - 1e-4 and rise_gain.max() <= 2 + 1e-4
+    assert rise_gain.std() > 0.01
+    # A blurring filter (a source sharper than the target) filters the image only: each
+    # voxel's percent enhancement stays the unsharpened mapping's.
+    blur = fitted.with_sharpening(UnsharpFilter(-0.5, 1.0)).harmonize(acq)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(rise(blur), rise(plain), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(blur[0], plain[0], rtol=1e-3)
 
 
 def test_every_voxel_enhances_as_the_signal_equation_says(fitted: Harmonizer) -> None:
     # The networks and the filter shape the pre-contrast; each voxel's percent enhancement
     # is the SPGR re-synthesis at the target's protocol (TR, flip angle, field, r1), not
     # the source's, and not a transfer of each phase's own value.
-    sharp = fitted.with_sharpening(UnsharpFilter(1.5, 1.0))  # type: ignore[attr-defined]
+    shaded = fitted.with_sharpening(UnsharpFilter())  # type: ignore[attr-defined]
     acq = source_scan(27, 1.0)
-    out = sharp.harmonize(acq).astype(np.float64)
-    factors = sharp.kinetics.resynthesis(acq).enhancement(acq.pixels).astype(np.float64)
+    out = shaded.harmonize(acq).astype(np.float64)
+    factors = shaded.kinetics.resynthesis(acq).enhancement(acq.pixels).astype(np.float64)
     bright = acq.pixels[0] > 0.3 * acq.pixels[0].max()
     np.testing.assert_allclose(out[:, bright] / out[0, bright], factors[:, bright], rtol=1e-4)
     lesion = intrinsic(27)[1]
@@ -149,8 +163,9 @@ def test_every_voxel_enhances_as_the_signal_equation_says(fitted: Harmonizer) ->
 def test_shared_gain_is_the_filter_on_the_mean_over_phases(device: str) -> None:
     # With an identity transfer, no shading field and each phase's own ratio to the
     # pre-contrast as its enhancement, the mapped series is x / scale, so the expected
-    # output can be written down: that times the filter's shared gain of its mean over
-    # phases, brought to the target scale. On a GPU, the same within rounding.
+    # output can be written down: its pre-contrast times the filter's shared gain of its
+    # mean over phases, times each phase's rise sharpened by its bounded gain, brought to
+    # the target scale. On a GPU, the same within rounding.
     acq = source_scan(26, 1.0)
     sharpening = UnsharpFilter(1.2, 0.7)
     out = harmonize_phases(
@@ -164,7 +179,9 @@ def test_shared_gain_is_the_filter_on_the_mean_over_phases(device: str) -> None:
     assert isinstance(out, np.ndarray) and out.dtype == np.float32
     mapped = np.maximum(acq.pixels, 0) / np.float32(series_scale(acq.pre_contrast))
     gain = sharpening.shared_gain(torch.from_numpy(mapped.mean(0)), TISSUE_LEVEL).numpy()
-    expected = mapped * gain
+    rise = np.maximum(acq.pixels, 1e-6) / np.maximum(acq.pixels[0], 1e-6) - 1
+    rise_gain = sharpening.shared_gain(torch.from_numpy(rise), ENHANCEMENT_FLOOR).numpy()
+    expected = mapped[0] * gain * np.maximum(1 + rise * rise_gain, 0)
     expected *= 100.0 / series_scale(expected[0])
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
     assert not np.allclose(gain, 1.0, atol=0.05)
