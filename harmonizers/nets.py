@@ -489,7 +489,8 @@ def harmonize_phases(
             pre = torch.from_numpy(acquisition.pixels[0, z]).to(device)
             pre = (monotone_transfer(torch.clamp(pre, min=0.0) / scale, logits)
                    * torch.exp(log_gain(stacks, size)[:, 0]))
-            pre *= sharpening.shared_gain(pre * chunk.mean(0), TISSUE_LEVEL)
+            if sharpening.amount != 0.0:
+                pre *= sharpening.shared_gain(pre * chunk.mean(0), TISSUE_LEVEL)
             if sharpening.amount > 0.0:  # sharpens the enhancement; never blurs it
                 for rise in chunk[1:]:  # a phase at a time: the blur's copies stay small
                     rise -= 1.0

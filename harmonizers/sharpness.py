@@ -16,17 +16,22 @@ sigma)`` is the grid point whose filtered spectrum is closest, in log power, to 
 in the band where anatomy, not noise, makes the spectrum (:data:`FITTED_BINS`). Frequencies
 are in cycles per pixel: recon filters act on the pixel grid.
 
-At inference the filter does not act on each phase as a linear filter: it is turned into one
-bounded per-voxel *gain*, ``g = K(m) / m`` with ``m`` the mean over phases of the
-harmonized, unsharpened series, and every phase is multiplied by the same ``g``
-(:meth:`UnsharpFilter.shared_gain`). A factor shared by all phases cancels in percent
-enhancement, so every voxel keeps exactly the enhancement the intensity transfer gave it,
-and the texture the filter restores is the series' own. Applied as a linear filter to each
-phase, it moved signal into the small lesions' ROI means: on held-out virtual Philips 1.5 T
-patients (seeds 5000-5005) the cyclegan's lesion PE error rose from 26.3 pp without
-sharpening to 35.7 with it, and was 26.0 with the shared gain (issue notes). The mean over
-phases rather than the pre-contrast alone: the gain then also sharpens what only enhances
-(NRMSE 0.228 vs 0.239 there, SSIM 0.899 vs 0.886).
+At inference the filter does not act on each phase as a linear filter: it is turned into
+bounded per-voxel *gains* (:meth:`UnsharpFilter.shared_gain`). The image gets one,
+``g = K(m) / m`` with ``m`` the mean over phases of the harmonized, unsharpened series, by
+which every phase is multiplied: it cancels in percent enhancement, and the texture the
+filter restores is the series' own. Where the filter sharpens, each phase's rise over the
+pre-contrast gets its own gain as well (:func:`harmonizers.nets.harmonize_phases`): a
+blurrier source spread a small lesion's enhancement into its surroundings, and the same
+filter gathers it back, within a factor of 2 either way. Applied as a linear filter to each
+phase with the intensity transfer the deep methods once used for enhancement, it moved
+signal into the small lesions' ROI means that the transfer had already over-enhanced: on
+held-out virtual Philips 1.5 T patients (seeds 5000-5005) the cyclegan's lesion PE error
+rose from 26.3 pp without sharpening to 35.7 with it (issue notes); with the signal
+equation's enhancement, which falls short there, the bounded gain on the rise brings it
+down (harmonizers/README.md, "Deep methods"). The mean over phases rather than the
+pre-contrast alone: the image gain then also sharpens what only enhances (NRMSE 0.228 vs
+0.239 there, SSIM 0.899 vs 0.886).
 """
 
 from __future__ import annotations
@@ -84,12 +89,13 @@ class UnsharpFilter:
         return images * (1.0 + self.amount) - self.amount * blurred
 
     def shared_gain(self, mean_image: torch.Tensor, floor: float) -> torch.Tensor:
-        """The per-voxel gain ``K(m) / m`` that sharpens ``m``, the (..., y, x) mean over
-        phases, meant to multiply every phase (see the module docstring).
+        """The per-voxel gain ``K(m) / m`` that sharpens ``m``, (..., y, x) images: the mean
+        over phases, whose gain multiplies every phase (see the module docstring), or one
+        phase's rise over the pre-contrast (:func:`harmonizers.nets.harmonize_phases`).
 
-        Where ``m`` is below ``floor`` (air, noise) the ratio says nothing; there the
-        correction ``K(m) - m`` is divided by ``floor`` instead, so the gain goes smoothly to
-        1 in the dark rather than jumping. Held in [1/MAX_GAIN, MAX_GAIN].
+        Where ``m`` is below ``floor`` (air, noise, a falling rise) the ratio says nothing;
+        there the correction ``K(m) - m`` is divided by ``floor`` instead, so the gain goes
+        smoothly to 1 rather than jumping. Held in [1/MAX_GAIN, MAX_GAIN], so positive.
         """
         if self.amount == 0.0:
             return torch.ones_like(mean_image)
