@@ -11,16 +11,17 @@ receptive field so that it judges tissue contrast, not anatomy.
 This implementation keeps those losses but constrains the generator (see
 :mod:`harmonizers.nets`): it does not synthesize pixels. It learns one monotone intensity
 transfer of the pre-contrast and predicts, from the pre-contrast slice and its two
-neighbours (2.5D), a smooth low-resolution gain field; with one sharpening filter fitted by
-matching power spectra they make one factor per voxel, shared by every phase, and each
-voxel's enhancement is carried to the target's protocol by the signal equation
-(:class:`harmonizers.physics.PhysicsHarmonizer`). Hence
+neighbours (2.5D), a smooth low-resolution gain field: one factor per voxel, shared by
+every phase. Each voxel's enhancement is carried to the target's protocol by the signal
+equation (:class:`harmonizers.physics.PhysicsHarmonizer`), and one sharpening filter fitted
+by matching power spectra acts on the image and, where it sharpens, on each phase's rise,
+as bounded gains. Hence
 
-* one mapping serves every phase: a voxel's curve keeps its shape (rising stays rising,
-  washout stays washout), and its enhancement changes as the target scanner's TR, flip
-  angle, field and relaxivity change it, whatever the networks learned;
+* one mapping serves every phase: a voxel's rise keeps its sign in every phase (rising
+  stays rising), and its enhancement changes as the target scanner's TR, flip angle, field
+  and relaxivity change it, whatever the networks learned;
 * no structure can be hallucinated (a monotone map of each voxel's own value, a smooth
-  positive field, a bounded gain from one linear filter of the series' own mean image);
+  positive field, bounded gains from one linear filter of the series' own images);
 * inference is one small CNN pass per slice on a coarse working grid: fast on a CPU.
 
 Two adaptations to that generator: the transfers start from a histogram match of the two

@@ -51,11 +51,11 @@ class DeepHarmonizer(Harmonizer, Generic[G]):
 
     ``target_scale`` is the target domain's mean series scale
     (:func:`~harmonizers.nets.series_scale`) in its own units: normalized output times it
-    gives target units. ``sharpening`` is applied last, as one gain shared by every phase
-    (:func:`~harmonizers.nets.harmonize_phases`); identity unless fitted (:meth:`sharpened`).
-    ``kinetics`` re-synthesizes each voxel's enhancement at the target's protocol from the
-    series' own (TR, flip angle and field from its headers): every phase's percent
-    enhancement is its, the networks and the filter shape the pre-contrast.
+    gives target units. ``sharpening`` is applied last, as bounded gains on the image and,
+    where it sharpens, on each phase's rise (:func:`~harmonizers.nets.harmonize_phases`);
+    identity unless fitted (:meth:`sharpened`). ``kinetics`` re-synthesizes each voxel's
+    enhancement at the target's protocol from the series' own (TR, flip angle and field
+    from its headers): the networks shape the pre-contrast only.
     ``device``: where the generator runs (see :func:`~harmonizers.nets.inference_device`;
     None picks it).
     """
