@@ -9,16 +9,13 @@ from pydicom import dcmread
 
 from dicomnode.assembly import assemble
 from dicomnode.production import ProductionTask, produce_series
-from evaluation.virtual_scanner.cohort import simulate_cohort
 from harmonizers.registry import load_model
+from tests.samples import simulated_ge_study
 
 
 @pytest.fixture(scope="module")
 def ge_study(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    out = tmp_path_factory.mktemp("sim") / "cohort"
-    simulate_cohort(out, patients=1, scanners=["ge-1.5t"], seed=12, matrix=64, slices=8,
-                    progress=False)
-    return sorted(out.rglob("*.dcm"))
+    return simulated_ge_study(tmp_path_factory.mktemp("sim") / "cohort", seed=12, slices=8)
 
 
 @pytest.mark.parametrize("method", ["physics", "cyclegan", "stylemapper"])

@@ -24,9 +24,9 @@ from evaluation.quality_report import (
     quality_report,
 )
 from evaluation.sidecar import Assessment, assess
-from evaluation.virtual_scanner.cohort import simulate_cohort
 from harmonizers.registry import load_model
 from tests.peers import dciodvfy_errors, have
+from tests.samples import simulated_ge_study
 
 MODEL = "histogram-ge-1.5t_to_siemens-3t"
 
@@ -52,9 +52,8 @@ def _report(study: Study, derived: list[Dataset] | None = None) -> Dataset:
 def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
     """A simulated GE 1.5 T study, harmonized by a shipped model, assessed and reported."""
     folder = tmp_path_factory.mktemp("quality-report")
-    simulate_cohort(folder / "cohort", 1, ["ge-1.5t"], seed=7, matrix=64, slices=16,
-                    progress=False)
-    assembled = assemble([dcmread(p) for p in sorted((folder / "cohort").rglob("*.dcm"))])
+    files = simulated_ge_study(folder / "cohort", seed=7, slices=16)
+    assembled = assemble([dcmread(p) for p in files])
     model = load_model("histogram", MODEL)
     harmonized = model.harmonizer.harmonize(assembled.acquisition)
     provenance = Provenance(

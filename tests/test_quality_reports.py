@@ -9,8 +9,8 @@ from pydicom import dcmread
 from dicomnode.admin import jobs_retry
 from dicomnode.config import Evaluation
 from dicomnode.quality_reports import REPORT_FILE, Evaluator
-from evaluation.virtual_scanner.cohort import simulate_cohort
 from tests.pipeline_harness import Harness
+from tests.samples import simulated_ge_study
 
 RULES = """
 rules:
@@ -27,10 +27,7 @@ rules:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    out = tmp_path_factory.mktemp("sim") / "cohort"
-    simulate_cohort(out, patients=1, scanners=["ge-1.5t"], seed=21, matrix=64, slices=16,
-                    progress=False)
-    return sorted(out.rglob("dicom/**/*.dcm"))
+    return simulated_ge_study(tmp_path_factory.mktemp("sim") / "cohort", seed=21, slices=16)
 
 
 @pytest.fixture
