@@ -24,18 +24,18 @@ from concurrent.futures import wait
 from pathlib import Path
 
 from dicomnode.arriving import ArrivingTask, mark_sources_final, produce_arriving, sources_given
-from dicomnode.delivery import StreamingSend
 from dicomnode.ledger import Instance
 from dicomnode.logs import get_logger
 from dicomnode.production import POLL_SECONDS, Produced, Producer, hand_over_ready
 from dicomnode.routing import Rule
+from dicomnode.sender import Stream
 
 
 class HeadStart:
     """One series produced while it arrives, and the streams that send what it makes."""
 
     def __init__(self, folder: Path, study_uid: str, series_uid: str, rule: Rule,
-                 config_hash: str, producer: Producer, sends: list[StreamingSend]) -> None:
+                 config_hash: str, producer: Producer, sends: list[Stream]) -> None:
         assert rule.method and rule.model
         self.folder = folder
         self.study_uid = study_uid

@@ -16,6 +16,7 @@ from dicomnode.pipeline import Pipeline
 from dicomnode.production import Producer
 from dicomnode.quality_reports import Evaluator
 from dicomnode.routing import RuleSet
+from dicomnode.sender import Sender
 from dicomnode.spool import Spool
 from harmonizers.base import ModelError
 from harmonizers.registry import load_model
@@ -68,8 +69,11 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> None:
     wake = threading.Event()
     # Harmonizing runs in a child process, started now: its imports take seconds.
     producer = Producer()
-    producer.start()
-    pipeline = Pipeline(config, ledger, rules, metrics, wake, producer)
+    producer.start(rule.method for rule in rules.rules if rule.method)
+    # So is sending what production makes: it would hold the GIL receiving needs.
+    sender = Sender(config.ae_title, config.delivery)
+    sender.start()
+    pipeline = Pipeline(config, ledger, rules, metrics, wake, producer, sender)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         log.info("node_stopping", signal=signal.Signals(signum).name)

@@ -5,7 +5,7 @@ a restart resumes every unfinished job from where the ledger says it is. Data fl
 network -> spool/ledger -> assembly -> routing -> harmonizer -> provenance -> delivery.
 
 One overlap: while a harmonized series is written, each file already on disk is streamed to
-the rule's DICOM destinations (:class:`StreamingSend`), and the finished stream is recorded
+the rule's DICOM destinations (:mod:`dicomnode.sender`), and the finished stream is recorded
 as the delivery's first attempt. Nothing about it lives outside the ledger: after a crash
 the job is produced again or, if its series was written, its delivery is pending and the
 outbox sends the whole series; either way with the same UIDs.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from dicomnode.assembly import AssemblyError, acquisition_key, read_header, unsupported_reason
 from dicomnode.config import DicomDestination, NodeConfig
-from dicomnode.delivery import DeliveryError, Outbox, StreamingSend, backoff_seconds
+from dicomnode.delivery import DeliveryError, Outbox, backoff_seconds
 from dicomnode.head_start import HeadStart, head_start_folder, remove_unadopted
 from dicomnode.ledger import Delivery, Instance, Job, Ledger
 from dicomnode.logs import get_logger
@@ -30,6 +30,7 @@ from dicomnode.production import Producer, ProductionTask
 from dicomnode.provenance import config_hash
 from dicomnode.retention import DAY_SECONDS, head_starts_dir, job_dir, purge_job
 from dicomnode.routing import Rule, RuleSet
+from dicomnode.sender import Sender, Stream
 from harmonizers.base import ModelError
 
 
@@ -39,7 +40,7 @@ class Pipeline:
     def __init__(
         self, config: NodeConfig, ledger: Ledger, rules: RuleSet,
         metrics: NodeMetrics | None = None, wake: threading.Event | None = None,
-        producer: Producer | None = None,
+        producer: Producer | None = None, sender: Sender | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -50,9 +51,11 @@ class Pipeline:
         # Production in this process unless the caller gives a producer (the node gives one
         # with a child process).
         self.producer = producer or Producer(in_process=True)
+        # Streams likewise, in this process's threads unless the caller gives a sender.
+        self.sender = sender or Sender(config.ae_title, config.delivery, in_process=True)
         # Sends still running from production, by destination: one at a time per destination;
         # the outbox leaves that destination alone until it is collected.
-        self._streams: dict[str, StreamingSend] = {}
+        self._streams: dict[str, Stream] = {}
         # Set when there is work for :meth:`run_once` (a stream finished).
         self.wake = wake or threading.Event()
         # At most one series produced while it arrives (the producer has one child), and
@@ -86,6 +89,7 @@ class Pipeline:
         self.collect_streams(time.time())
         self.outbox.close_all()
         self.producer.close()
+        self.sender.close()
 
     def _guarded(self, job: Job, step: Callable[[Job], None]) -> None:
         """Run one step; an unexpected error fails that job and leaves the others running."""
@@ -261,7 +265,7 @@ class Pipeline:
         """Harmonize the job's acquisition and write the derived series to its folder.
 
         The producer does the work (in the node, a child process); each derived file goes to
-        the job's DICOM destinations as soon as it is durable (:class:`StreamingSend`; not
+        the job's DICOM destinations as soon as it is durable (:mod:`dicomnode.sender`; not
         to a destination still busy with an earlier job's stream, which the outbox serves
         afterwards); :meth:`collect_streams` records the outcome once the job is harmonized
         and the send has finished.
@@ -297,12 +301,11 @@ class Pipeline:
             self.metrics.observe_harmonize(produced.harmonize_seconds)
         return output_dir
 
-    def _start_streams(self, destinations: list[str], job_id: int | None) -> list[StreamingSend]:
+    def _start_streams(self, destinations: list[str], job_id: int | None) -> list[Stream]:
         """A stream to each DICOM destination that has none running (those that have get
         the series from the outbox afterwards)."""
         sends = [
-            StreamingSend(self.config.ae_title, self.config.delivery, name, destination, job_id,
-                          self.wake.set)
+            self.sender.stream(name, destination, job_id, self.wake.set)
             for name in destinations
             if name not in self._streams
             and isinstance(destination := self.config.destinations[name], DicomDestination)

@@ -14,11 +14,10 @@ from __future__ import annotations
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -27,11 +26,12 @@ from pydicom import Dataset, dcmread
 from dicomnode.assembly import assemble_phases, ordered_sources, rescale
 from dicomnode.child_process import child_pool
 from dicomnode.provenance import Derivation, Provenance, derived_series
+from dicomnode.series_encoder import SeriesEncoder
 from dicomnode.spool import write_durably
 from dicomnode.value_tables import OutputTables, stored_range
 from harmonizers.domain import ScannerDomain
 from harmonizers.model_store import LoadedModel
-from harmonizers.registry import load_model
+from harmonizers.registry import harmonizer_class, load_model
 
 # Derived files being written (fsync) at once while the next ones are encoded.
 _WRITES_IN_FLIGHT = 4
@@ -154,22 +154,23 @@ def provenance_of(task: Recipe, loaded: LoadedModel,
 class OrderedWriter:
     """Writes instances durably as 00000.dcm, 00001.dcm, ... in the order given.
 
-    A durable write waits on two fsyncs without holding the GIL, so the writes run in a
-    small pool while the next instances are made; at most _WRITES_IN_FLIGHT encoded files
-    wait in memory.
+    Each is encoded by one :class:`~dicomnode.series_encoder.SeriesEncoder`, which encodes
+    the elements the series' instances share once. A durable write waits on two fsyncs
+    without holding the GIL, so the writes run in a small pool while the next instances are
+    made; at most _WRITES_IN_FLIGHT encoded files wait in memory.
     """
 
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = output_dir
         self.count = 0
+        self._encoder = SeriesEncoder()
         self._writers = ThreadPoolExecutor(_WRITES_IN_FLIGHT, thread_name_prefix="output")
         self._pending: deque[Future[Path]] = deque()
 
     def write(self, ds: Dataset) -> None:
-        buffer = BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
         self._pending.append(self._writers.submit(
-            write_durably, self.output_dir, output_name(self.count), buffer.getvalue()))
+            write_durably, self.output_dir, output_name(self.count),
+            self._encoder.file_bytes(ds)))
         self.count += 1
         while len(self._pending) > _WRITES_IN_FLIGHT:
             self._pending.popleft().result()
@@ -194,8 +195,11 @@ def hand_over_ready(output_dir: Path, handed: int, on_file: Callable[[Path], Non
     return handed
 
 
-def _ready() -> None:
-    """Nothing: submitted at start so the child imports the harmonizers before the first job."""
+def _ready(methods: tuple[str, ...]) -> None:
+    """Import the modules of ``methods`` (scipy, torch: up to seconds) before the first job,
+    rather than while it waits."""
+    for method in methods:
+        harmonizer_class(method)
 
 
 class _DiedBeforeOutput(Exception):
@@ -210,9 +214,10 @@ class Producer:
         self.in_process = in_process
         self._pool: Executor | None = None
 
-    def start(self) -> None:
-        """Start the child now rather than at the first job (it takes seconds to import)."""
-        self._executor().submit(_ready)
+    def start(self, methods: Iterable[str] = ()) -> None:
+        """Start the child now rather than at the first job (it takes seconds to import),
+        and import the harmonizers of ``methods`` (those the rules name) in it."""
+        self._executor().submit(_ready, tuple(sorted(set(methods))))
 
     def run(self, task: ProductionTask, on_file: Callable[[Path], None]) -> Produced:
         """Produce ``task``'s series, calling ``on_file`` with each file once it is durable,

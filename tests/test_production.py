@@ -68,3 +68,18 @@ def test_a_worker_that_died_between_jobs_is_replaced(producer: Producer, tmp_pat
         assert produced.files == 100
     finally:
         producer.close()
+
+
+def test_the_child_imports_the_methods_the_rules_name_when_it_starts(
+    producer: Producer
+) -> None:
+    """Not while the first job waits: scipy for histogram, torch for the deep methods."""
+    try:
+        before = set(_workers())
+        producer.start(["histogram"])
+        wait_for(lambda: bool(_workers() - before), 60, "the production worker")
+        (worker,) = _workers() - before
+        maps = Path(f"/proc/{worker}/maps")
+        wait_for(lambda: "_nd_image" in maps.read_text(), 60, "scipy.ndimage in the worker")
+    finally:
+        producer.close()
