@@ -13,12 +13,14 @@ machines and runs (shared/reference/peers.md); the ratios are what to compare.
 from __future__ import annotations
 
 import os
+import resource
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 
@@ -83,8 +85,9 @@ def _timed_send(folder: Path, ae_title: str, port: int) -> float:
 
 def _node_peak_rss_mb(node: Node) -> float:
     """Peak resident memory (VmHWM) of the node and of its children but the niced quality-
-    report worker (so: the production worker, and multiprocessing's resource tracker),
-    summed, read before the node stops. The quality report's own peak is bench_sidecar's."""
+    report worker (so: the production and sending children, and multiprocessing's resource
+    tracker), summed, read before the node stops. The quality report's own peak is
+    bench_sidecar's."""
     assert node.process is not None
     workers = {pid for pid in child_pids(node.process.pid) if niceness(pid) == 0}
     total = 0.0
@@ -93,6 +96,25 @@ def _node_peak_rss_mb(node: Node) -> float:
             if line.startswith("VmHWM:"):
                 total += int(line.split()[1]) / 1024
     return total
+
+
+def _cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU time the processes have used so far (/proc/PID/stat fields 14-15);
+    one that has ended counts nothing."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_seconds() -> float:
+    """CPU time of this process's children that have ended (storescu, once it returned)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _storescp_rate(series: Path, work: Path) -> float:
@@ -210,11 +232,16 @@ def _end_to_end_round(work: Path, series: Path, matrix: int) -> dict[str, float]
     # node's fsyncs wait behind them, and the direct transfer, which does not fsync, would not.
     os.sync()
     direct = Orthanc(work / "orthanc-direct").start()
+    assert direct.process is not None
+    cpu: dict[str, float] = {}
     try:
+        orthanc_cpu, sender_cpu = _cpu_seconds([direct.process.pid]), _children_cpu_seconds()
         started = time.perf_counter()
         _timed_send(series, direct.ae_title, direct.dicom_port)
+        cpu["direct storescu"] = _children_cpu_seconds() - sender_cpu
         wait_for(lambda: _orthanc_count(direct) >= count, 300, "Orthanc to store the study")
         direct_seconds = time.perf_counter() - started
+        cpu["direct Orthanc"] = _cpu_seconds([direct.process.pid]) - orthanc_cpu
     finally:
         direct.stop()
     os.sync()
@@ -224,9 +251,15 @@ def _end_to_end_round(work: Path, series: Path, matrix: int) -> dict[str, float]
                    "port": pacs.dicom_port}
     node = Node(work / "node-e2e", {"settle_seconds": 60, "destinations": {"pacs": destination},
                                     "default_destinations": ["pacs"]}).start()
+    assert pacs.process is not None and node.process is not None
     try:
+        node_pids = [node.process.pid, *child_pids(node.process.pid)]
+        before = {"storescu": _children_cpu_seconds(), "node": _cpu_seconds(node_pids[:1]),
+                  "node children": _cpu_seconds(node_pids[1:]),
+                  "Orthanc": _cpu_seconds([pacs.process.pid])}
         started, wall = time.perf_counter(), time.time()
         _timed_send(series, node.ae_title, node.port)
+        cpu["storescu"] = _children_cpu_seconds() - before["storescu"]
         received = time.perf_counter() - started
         wait_for(lambda: _orthanc_count(pacs) >= count, 600, "the harmonized series in Orthanc",
                  interval=0.1)
@@ -238,12 +271,19 @@ def _end_to_end_round(work: Path, series: Path, matrix: int) -> dict[str, float]
         wait_for(lambda: _job_state(ledger_path) == "delivered", 60, "the job to be delivered",
                  interval=0.05)
         peak_mb = _node_peak_rss_mb(node)
+        cpu["node"] = _cpu_seconds(node_pids[:1]) - before["node"]
+        # Children started before the send (production, sending, resource tracker) and any
+        # started since; a child that ended meanwhile is not counted.
+        children = {*node_pids[1:], *child_pids(node.process.pid)}
+        cpu["node children"] = _cpu_seconds(children) - before["node children"]
+        cpu["Orthanc"] = _cpu_seconds([pacs.process.pid]) - before["Orthanc"]
     finally:
         node.stop()
         pacs.stop()
     steps = _job_steps(ledger_path, wall)
     return {"count": count, "direct": direct_seconds, "node": node_seconds,
-            "received": received, "peak_mb": peak_mb, "pixel_mb": pixel_mb, **steps}
+            "received": received, "peak_mb": peak_mb, "pixel_mb": pixel_mb, **steps,
+            **{f"cpu {name}": seconds for name, seconds in cpu.items()}}
 
 
 def _job_state(ledger_path: Path) -> str | None:
@@ -296,6 +336,12 @@ def main() -> None:
                   + ", ".join(f"{state} {e2e[state]:.2f}" for state in
                               ("complete", "routed", "harmonized", "delivered") if state in e2e)
                   + f", all in Orthanc {e2e['node']:.2f}")
+            print("  CPU seconds of the median round (this machine has "
+                  f"{os.cpu_count()} cores): direct storescu {e2e['cpu direct storescu']:.2f}, "
+                  f"Orthanc {e2e['cpu direct Orthanc']:.2f}; via the node storescu "
+                  f"{e2e['cpu storescu']:.2f}, node {e2e['cpu node']:.2f} + its children "
+                  f"{e2e['cpu node children']:.2f} (production, sending), Orthanc "
+                  f"{e2e['cpu Orthanc']:.2f}")
             budget = 3 * e2e["pixel_mb"] + 500
             print("  node peak memory (node and production worker, highest round) "
                   f"{e2e['peak_mb']:.0f} MB; budget 3 x {e2e['pixel_mb']:.0f} MB of pixels "

@@ -3,7 +3,7 @@
     python -m evaluation.domain_reference --out evaluation/reference/siemens-3t.json
 
 Held-out virtual patients (seeds from 5000, disjoint from training 1000-1007/2000-2007, the
-model cards' 3000-3002 and the quality tables' 4000-4005) are rendered on all six scanner
+model cards' 3000-3002 and the quality tables' 4000-4011) are rendered on all six scanner
 profiles at a modest grid. Masks come from the images (:mod:`evaluation.masks`), not from the
 simulator's truth, so the reference is built the way the sidecar measures a series. From them:
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg, ndimage
 
-from evaluation.virtual_scanner.kinetics import enhancement_type
+from evaluation.virtual_scanner.kinetics import enhancement_type, late_change
 from harmonizers.foreground import _otsu
 
 _OTSU_BINS_RANGE = (0.1, 99.9)  # percentiles of the breast that bound the Otsu histogram
@@ -165,6 +165,13 @@ def curve_type(curve: np.ndarray) -> str:
     if curve.size < 3:
         raise MetricError(f"a curve type needs >= 3 phases, got {curve.size}")
     return enhancement_type(curve)
+
+
+def late_change_error(image: np.ndarray, other: np.ndarray, mask: np.ndarray) -> float:
+    """|difference| of the ROI curves' late change (the quantity a curve type thresholds at
+    +-10 %), in percentage points: how far a curve's shape moved, including within a type."""
+    a, b = (late_change(roi_curve(pixels, mask)) for pixels in (image, other))
+    return float(100.0 * abs(a - b))
 
 
 def roi_curve(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:

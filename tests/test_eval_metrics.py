@@ -14,6 +14,7 @@ from evaluation.metrics import (
     gradient_similarity,
     identifiability,
     intensity_distance,
+    late_change_error,
     lin_ccc,
     percent_enhancement,
     quantiles,
@@ -84,6 +85,17 @@ def test_curve_types_of_known_curves() -> None:
     assert curve_type(7.5 * np.array([100.0, 220.0, 210.0, 170.0])) == "washout"
     with pytest.raises(MetricError, match=">= 3 phases"):
         curve_type(np.array([1.0, 2.0]))
+
+
+def test_late_change_error_measures_shape_within_a_type() -> None:
+    """Both curves are persistent; the late change is +20 % against +10.5 %."""
+    mask = np.ones((1, 2, 2), dtype=bool)
+    a = np.array([100.0, 180.0, 200.0, 240.0])[:, None, None, None] * np.ones((4, 1, 2, 2))
+    b = np.array([100.0, 190.0, 200.0, 221.0])[:, None, None, None] * np.ones((4, 1, 2, 2))
+    assert curve_type(roi_curve(a, mask)) == curve_type(roi_curve(b, mask)) == "persistent"
+    assert late_change_error(a, b, mask) == pytest.approx(9.5)
+    # Units do not count: a curve in other units has the same shape.
+    assert late_change_error(a, 3.0 * a, mask) == pytest.approx(0.0)
 
 
 def test_percent_enhancement_and_roi_curves() -> None:

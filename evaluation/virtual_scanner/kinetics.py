@@ -72,15 +72,25 @@ def sample(t_s: np.ndarray, curve: np.ndarray, at_s: np.ndarray) -> np.ndarray:
     return np.interp(at_s, t_s, curve, left=0.0)
 
 
+def late_change(signal: np.ndarray) -> float:
+    """The last phase's signal relative to the early post-contrast signal (the highest of the
+    first two post phases), minus 1: what the curve type is read from."""
+    early = float(np.max(signal[1:3]))
+    return (float(signal[-1]) - early) / max(abs(early), 1e-6)
+
+
 def enhancement_type(signal: np.ndarray) -> str:
     """Clinical curve type of a signal curve whose phase 0 is pre-contrast.
 
-    Compares the last phase with the early post-contrast signal (the highest of the first two
-    post phases): a rise of more than 10 % is persistent, a fall of more than 10 % washout,
-    anything between plateau (the usual BI-RADS kinetic reading; reference "Curve types").
+    Compares the last phase with the early post-contrast signal (:func:`late_change`): a rise
+    of more than 10 % is persistent, a fall of more than 10 % washout, anything between
+    plateau (the usual BI-RADS kinetic reading; reference "Curve types").
     """
-    early = float(np.max(signal[1:3]))
-    change = (float(signal[-1]) - early) / max(abs(early), 1e-6)
+    return change_type(late_change(signal))
+
+
+def change_type(change: float) -> str:
+    """The curve type of a late change (:func:`late_change`)."""
     if change > 0.10:
         return "persistent"
     if change < -0.10:
