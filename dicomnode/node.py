@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from concurrent.futures import wait
 from types import FrameType
 
 from dicomnode.config import ConfigError, NodeConfig
@@ -24,6 +25,9 @@ from harmonizers.registry import load_model
 # While instances arrive the pipeline runs this often (the ledger query that finds complete
 # series takes well under a millisecond).
 _BUSY_POLL = 0.05
+# How long the node waits for its children's imports (torch takes seconds on a cold disk)
+# before it serves anyway.
+_CHILD_START_SECONDS = 120.0
 
 
 def check_models(rules: RuleSet) -> list[str]:
@@ -67,12 +71,16 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> None:
     metrics = NodeMetrics(config, ledger)
     # Set by an arriving instance or a finished stream: the pipeline has something to do.
     wake = threading.Event()
-    # Harmonizing runs in a child process, started now: its imports take seconds.
+    # Harmonizing runs in a child process, and so does sending what production makes (in
+    # this process it would hold the GIL receiving needs). Both are started, and their
+    # imports done, before the port opens: a study sent at once would compete with them.
     producer = Producer()
-    producer.start(rule.method for rule in rules.rules if rule.method)
-    # So is sending what production makes: it would hold the GIL receiving needs.
+    warming = producer.start(rule.method for rule in rules.rules if rule.method)
     sender = Sender(config.ae_title, config.delivery)
-    sender.start()
+    if not sender.start(_CHILD_START_SECONDS):
+        log.warning("sender_slow_to_start", waited_seconds=_CHILD_START_SECONDS)
+    if wait([warming], _CHILD_START_SECONDS).not_done:
+        log.warning("producer_slow_to_start", waited_seconds=_CHILD_START_SECONDS)
     pipeline = Pipeline(config, ledger, rules, metrics, wake, producer, sender)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

@@ -214,10 +214,11 @@ class Producer:
         self.in_process = in_process
         self._pool: Executor | None = None
 
-    def start(self, methods: Iterable[str] = ()) -> None:
+    def start(self, methods: Iterable[str] = ()) -> Future[None]:
         """Start the child now rather than at the first job (it takes seconds to import),
-        and import the harmonizers of ``methods`` (those the rules name) in it."""
-        self._executor().submit(_ready, tuple(sorted(set(methods))))
+        and import the harmonizers of ``methods`` (those the rules name) in it; the future
+        is done once it has."""
+        return self._executor().submit(_ready, tuple(sorted(set(methods))))
 
     def run(self, task: ProductionTask, on_file: Callable[[Path], None]) -> Produced:
         """Produce ``task``'s series, calling ``on_file`` with each file once it is durable,

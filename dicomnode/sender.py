@@ -26,6 +26,8 @@ from dicomnode.config import DeliveryPolicy, DicomDestination
 from dicomnode.delivery import StreamingSend
 
 _STOP_SECONDS = 10.0
+# The child's first answer, before any stream: it is listening (streams count from 1).
+_READY = 0
 
 
 class Stream(Protocol):
@@ -56,10 +58,10 @@ class Sender:
         self._child: _SenderChild | None = None
         self._lock = threading.Lock()
 
-    def start(self) -> None:
-        """Start the child now rather than at the first stream (its imports take a second)."""
-        if not self.in_process:
-            self._running_child()
+    def start(self, timeout: float) -> bool:
+        """Start the child now rather than at the first stream (its imports take a second);
+        whether it was ready within ``timeout`` seconds."""
+        return self.in_process or self._running_child().ready.wait(timeout)
 
     def stream(self, name: str, destination: DicomDestination, job_id: int | None,
                finished: Callable[[], None]) -> Stream:
@@ -138,10 +140,12 @@ class _SenderChild:
         # Only the child holds these ends now: when either process exits, the other reads EOF.
         requests_in.close()
         answers_out.close()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the streams and the next id
+        self._telling = threading.Lock()  # one message at a time on the pipe
         self._streams: dict[int, RemoteStream] = {}
         self._next_id = 0
         self._dead = False
+        self.ready = threading.Event()  # the child has imported its modules and listens
         threading.Thread(target=self._read_answers, name="sender-answers", daemon=True).start()
 
     @property
@@ -159,7 +163,7 @@ class _SenderChild:
 
     def tell(self, what: str, stream_id: int, argument: object) -> None:
         try:
-            with self._lock:
+            with self._telling:
                 self._requests.send((what, stream_id, argument))
         except OSError:
             pass  # the child is gone: the answer reader fails its streams
@@ -177,6 +181,9 @@ class _SenderChild:
                 stream_id, sent, error = self._answers.recv()
             except (EOFError, OSError):
                 break
+            if stream_id == _READY:
+                self.ready.set()
+                continue
             with self._lock:
                 stream = self._streams.pop(stream_id, None)
             if stream is not None:
@@ -196,6 +203,7 @@ def _serve(calling_ae: str, policy: DeliveryPolicy, requests: Connection,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     streams: dict[int, StreamingSend] = {}
     lock = threading.Lock()
+    answers.send((_READY, 0, None))
 
     def finished(stream_id: int) -> None:
         with lock:

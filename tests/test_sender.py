@@ -9,7 +9,7 @@ import pytest
 
 from dicomnode.config import DeliveryPolicy, DicomDestination
 from dicomnode.sender import Sender
-from tests.peers import child_pids, free_port, wait_for
+from tests.peers import child_pids, free_port
 from tests.recording_scp import RecordingSCP
 from tests.samples import read_sample, sample_files
 
@@ -79,8 +79,7 @@ def test_a_dead_child_fails_its_streams_and_the_next_stream_gets_a_new_one(
 ) -> None:
     try:
         before = _senders()
-        sender.start()
-        wait_for(lambda: bool(_senders() - before), 60, "the sending child")
+        assert sender.start(60), "the sending child did not say it was ready"
         (child,) = _senders() - before
         stream = sender.stream("pacs", _destination(scp.port), 1, lambda: None)
         os.kill(child, signal.SIGKILL)
