@@ -340,10 +340,11 @@ def main() -> None:
                   f"{os.cpu_count()} cores): direct storescu {e2e['cpu direct storescu']:.2f}, "
                   f"Orthanc {e2e['cpu direct Orthanc']:.2f}; via the node storescu "
                   f"{e2e['cpu storescu']:.2f}, node {e2e['cpu node']:.2f} + its children "
-                  f"{e2e['cpu node children']:.2f} (production, sending), Orthanc "
+                  f"{e2e['cpu node children']:.2f} (production, sending, quality report), Orthanc "
                   f"{e2e['cpu Orthanc']:.2f}")
             budget = 3 * e2e["pixel_mb"] + 500
-            print("  node peak memory (node and production worker, highest round) "
+            print("  node peak memory (node and its children but the quality report's, highest "
+                  "round) "
                   f"{e2e['peak_mb']:.0f} MB; budget 3 x {e2e['pixel_mb']:.0f} MB of pixels "
                   f"+ 500 MB = {budget:.0f} MB")
 
