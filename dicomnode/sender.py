@@ -28,6 +28,7 @@ from dicomnode.delivery import StreamingSend
 _STOP_SECONDS = 10.0
 # The child's first answer, before any stream: it is listening (streams count from 1).
 _READY = 0
+_DIED = "the sending process ended before the stream did"
 
 
 class Stream(Protocol):
@@ -157,8 +158,13 @@ class _SenderChild:
         with self._lock:
             self._next_id += 1
             stream = RemoteStream(self, self._next_id, name, job_id, finished)
-            self._streams[stream.stream_id] = stream
-        self.tell("open", stream.stream_id, (name, destination))
+            dead = self._dead  # then the answer reader has failed its streams already
+            if not dead:
+                self._streams[stream.stream_id] = stream
+        if dead:
+            stream.finish(0, _DIED)
+        else:
+            self.tell("open", stream.stream_id, (name, destination))
         return stream
 
     def tell(self, what: str, stream_id: int, argument: object) -> None:
@@ -193,7 +199,7 @@ class _SenderChild:
             orphans = list(self._streams.values())
             self._streams.clear()
         for stream in orphans:
-            stream.finish(0, "the sending process ended before the stream did")
+            stream.finish(0, _DIED)
 
 
 def _serve(calling_ae: str, policy: DeliveryPolicy, requests: Connection,
