@@ -77,7 +77,7 @@ class Thresholds:
       down to 0.82 where it moves FGT density by up to 9 pp, a known weakness
       (docs/harmonizers.md), and the deep models, whose sharpening filter changes gradients
       by design, to 0.849 (cyclegan) and 0.892 (stylemapper). Pass 0.9, warn 0.8.
-    - FGT density change: physics stays within 3.2 pp; cyclegan, histogram and stylemapper
+    - FGT density change: physics stays within 2.5 pp; cyclegan, histogram and stylemapper
       move it by up to 6.3, 9.0 and 10.8 pp. Pass 5, warn 10.
     - PE change: harmonizing across field strength *should* change enhancement (the 1.5 T and
       3 T renderings of one patient differ by up to 38 pp of lesion PE, docs/harmonizers.md),

@@ -42,6 +42,14 @@ must not divide by ~0); the inversion's argument is clipped to R1 between ``R1_M
 x R1_0 and R1_0 + r1 ``C_MAX_MM`` (no NaN, no infinite R1 from noise above the SPGR ceiling);
 the output is clipped at 0.
 
+A voxel's level alone cannot tell a darker tissue from a mix of tissue and fat: a lesion
+whose pre-contrast lies near the suppressed-fat level ``M`` is read as a small water part,
+which would then have to enhance beyond what any tissue concentration gives; held at the
+inversion's ceiling phase after phase, its washout flattened (a Siemens 1.5 T lesion in
+docs/harmonizers.md went from -14.6 % to -7.9 %, plateau). Fat does not enhance, so ``w`` is
+raised, where needed, to the least value whose water part gives the voxel's highest rise
+over its pre-contrast within ``C_PLAUSIBLE_MM`` (:meth:`Resynthesis.water_fraction`).
+
 Not corrected: B1+ (the header flip angle is nominal; the reference's 10-20 % left-right
 errors bias R1), noise, resolution and texture, a T1_0 that differs from the prior (lesions,
 muscle and blood get the FGT value), the agent's T2* effect. TE is not used: T2* decay is the
@@ -88,6 +96,11 @@ AGENT_ALIASES: dict[str, str] = {
 # of whole blood at 0.1 mmol/kg (about 6 mM in Parker's population AIF, MRM 2006). Signal
 # above the SPGR ceiling (noise, inflow) is held there instead of giving an infinite R1.
 C_MAX_MM = 15.0
+# The most a tissue voxel plausibly holds: the first-pass peak of whole blood at 0.1 mmol/kg
+# (Parker's population AIF). Tissue holds plasma only in its vascular and interstitial
+# spaces (vp + ve, at most about 0.56 in the reference's malignant ranges), so this is
+# generous; a voxel whose water part would need more is more water than its level says.
+C_PLAUSIBLE_MM = 6.0
 # Lower bound of R1 as a fraction of R1_0: noise can make a post phase darker than the
 # pre-contrast; a T1 ten times the prior keeps that finite and still lets the noise through.
 R1_MIN_FRACTION = 0.1
@@ -172,6 +185,12 @@ class Protocol:
         e1 = np.exp(-self.repetition_time_ms * np.asarray(r1_per_ms, dtype=np.float64))
         return np.asarray(math.sin(alpha) * (1 - e1) / (1 - math.cos(alpha) * e1))
 
+    def water_ratio(self, concentration_mm: float) -> float:
+        """FGT water's signal at ``concentration_mm`` relative to its pre-contrast, ``q``."""
+        r1_0 = self.r1_0_per_ms
+        return float(self.signal(np.array(r1_0 + self.r1_per_mM_ms * concentration_mm))
+                     / self.signal(np.array(r1_0)))
+
     def r1_from_signal(self, signal: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`signal`: E1 = (1 - y) / (1 - y cos a), y = signal / sin a.
 
@@ -252,8 +271,7 @@ def water_ratio_map(source: Protocol, target: Protocol) -> tuple[float, float, n
     r1_0 = source.r1_0_per_ms
     s0 = source.signal(np.array(r1_0))
     q_low = float(source.signal(np.array(R1_MIN_FRACTION * r1_0)) / s0)
-    q_high = float(source.signal(np.array(r1_0 + source.r1_per_mM_ms * C_MAX_MM)) / s0)
-    q = np.linspace(q_low, q_high, _TABLE_SIZE)
+    q = np.linspace(q_low, source.water_ratio(C_MAX_MM), _TABLE_SIZE)
     concentration = (source.r1_from_signal(q * s0) - r1_0) / source.r1_per_mM_ms
     r1_target = target.r1_0_per_ms + target.r1_per_mM_ms * concentration
     q_target = target.signal(r1_target) / target.signal(np.array(target.r1_0_per_ms))
@@ -291,12 +309,37 @@ class Resynthesis:
     own: TissueLevels
     target: TissueLevels
     phi: tuple[float, float, np.ndarray]
+    # The source water ratio q at C_PLAUSIBLE_MM (see water_fraction).
+    q_plausible: float
+
+    def water_fraction(self, block: np.ndarray) -> np.ndarray:
+        """Each voxel's water fraction ``w``: from its pre-contrast level (step 1 of the module
+        doc), raised where its highest rise needs more water than that within
+        ``C_PLAUSIBLE_MM``.
+
+        With ``gain = S0 / (M + w (G - M))`` the water signal ``W0 = gain w G`` grows with
+        ``w``; the rise ``R`` needs ``W0 >= R / (q_plausible - 1)``, which holds from
+        ``w = n M / (S0 G - n (G - M))`` on (``n`` that bound), and for no ``w`` <= 1 when
+        the denominator is not positive (then ``w = 1``).
+        """
+        middle, bright = np.float32(self.own.middle), np.float32(self.own.bright)
+        pre = block[0]
+        w = np.clip((pre - middle) / (bright - middle), 0, 1)
+        if block.shape[0] < 2:
+            return w
+        needed = np.maximum(block[1:].max(axis=0) - pre, 0)
+        needed /= np.float32(self.q_plausible - 1.0)
+        denominator = pre * bright - needed * (bright - middle)
+        enough = np.where(denominator > 0,
+                          needed * middle / np.maximum(denominator, np.float32(1e-12)),
+                          np.float32(1.0))
+        return np.maximum(w, np.minimum(enough, np.float32(1.0)))
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         """The block re-synthesized in target units, float32, non-negative."""
         own, mid_t, top_t = self.own, self.target.middle, self.target.bright
         pre = block[0]
-        w = np.clip((pre - np.float32(own.middle)) / np.float32(own.bright - own.middle), 0, 1)
+        w = self.water_fraction(block)
         gain = pre / (np.float32(own.middle) + w * np.float32(own.bright - own.middle))
         water_0 = np.maximum(gain * w * np.float32(own.bright),
                              np.float32(WATER_FLOOR * own.bright))
@@ -443,9 +486,11 @@ class PhysicsHarmonizer(Harmonizer):
         """The re-synthesis of this series, whose pixels the caller has checked are finite:
         its protocol from the headers, its tissue levels from its pre-contrast. ModelError
         names what is missing or unusable."""
+        source = self.source_protocol(acquisition)
         return Resynthesis(own=tissue_levels(acquisition.pre_contrast),
                            target=self.target_levels,
-                           phi=water_ratio_map(self.source_protocol(acquisition), self.target))
+                           phi=water_ratio_map(source, self.target),
+                           q_plausible=source.water_ratio(C_PLAUSIBLE_MM))
 
     def _harmonize(self, acquisition: Acquisition) -> np.ndarray:
         if not np.isfinite(acquisition.pixels).all():

@@ -10,6 +10,7 @@ import pytest
 
 from evaluation.harmonizer_quality import Case, make_case, nrmse
 from evaluation.metrics import pe_error
+from evaluation.virtual_scanner.kinetics import late_change
 from evaluation.virtual_scanner.profiles import load_profile
 from evaluation.virtual_scanner.tissues import R1_RELAXIVITY, RELAXATION, Label
 from harmonizers import make_models
@@ -71,6 +72,33 @@ def test_enhancement_is_resynthesized_by_the_spgr_equation() -> None:
     expected = target.signal(target.r1_0_per_ms + target.r1_per_mM_ms * concentration)
     np.testing.assert_allclose(out / out[0], expected / expected[0], rtol=2e-3)
     assert out[0] == pytest.approx(200.0, rel=1e-5)  # pure FGT lands on the target's level
+
+
+def test_a_tissue_darker_than_fgt_keeps_its_washout() -> None:
+    """A lesion of water whose pre-contrast lies near the dim class's level: read by level
+    alone it is mostly static, its water would need more than any concentration gives, and
+    every post phase was held at the inversion's ceiling (a flat curve). Its enhancement says
+    it is water: the curve keeps its type, close to the target's for its concentrations."""
+    source = Protocol(repetition_time_ms=6.5, flip_angle_deg=12, field_t=1.5, agent="gadobutrol")
+    target = Protocol(repetition_time_ms=4.9, flip_angle_deg=10, field_t=3.0, agent="gadobutrol")
+    concentration = np.array([0.0, 1.2, 1.1, 0.8])
+    signal = source.signal(source.r1_0_per_ms + source.r1_per_mM_ms * concentration)
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(0.0, 2.0, size=(4, 6, 32, 32)).astype(np.float32)
+    pixels[:, :, 4:28, 4:8] = 20.0
+    pixels[:, :, 4:28, 8:16] = 300.0
+    pixels[:, :, 4:28, 16:28] = 1000.0
+    pixels[:, :, 12:16, 20:24] = (340.0 * signal / signal[0])[:, None, None, None]
+    acq = Acquisition(pixels=pixels, spacing_mm=(2.0, 1.0, 1.0),
+                      phase_times_s=(0.0, 60.0, 120.0, 180.0), domain=ScannerDomain("GE", 1.5),
+                      repetition_time_ms=6.5, echo_time_ms=2.8, flip_angle_deg=12)
+    harmonizer = PhysicsHarmonizer(target=target, target_levels=TissueLevels(50.0, 200.0),
+                                   source_agent="gadobutrol")
+    out = harmonizer.harmonize(acq)[:, 3, 13, 21]
+    expected = target.signal(target.r1_0_per_ms + target.r1_per_mM_ms * concentration)
+    assert late_change(expected) < -0.10
+    assert late_change(out) < -0.10  # washout, as the truth; held at the ceiling it was 0
+    assert late_change(out) == pytest.approx(late_change(expected), abs=0.05)
 
 
 def test_round_trip_gets_closer_to_the_reference_scanner(case: Case) -> None:
