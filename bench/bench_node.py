@@ -39,6 +39,7 @@ from tests.peers import (
     echo,
     free_port,
     niceness,
+    stat_field,
     stop_process,
     storescu,
     wait_for,
@@ -101,14 +102,8 @@ def _node_peak_rss_mb(node: Node) -> float:
 def _cpu_seconds(pids: Iterable[int]) -> float:
     """User + system CPU time the processes have used so far (/proc/PID/stat fields 14-15);
     one that has ended counts nothing."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    ticks = sum((stat_field(pid, 14) or 0) + (stat_field(pid, 15) or 0) for pid in pids)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _children_cpu_seconds() -> float:

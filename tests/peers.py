@@ -91,13 +91,19 @@ def child_pids(pid: int) -> set[int]:
     return found
 
 
+def stat_field(pid: int, field: int) -> int | None:
+    """Field ``field`` (numbered as in proc(5), from 1) of /proc/PID/stat; None if the
+    process has ended. Split after the command name, which may hold spaces."""
+    try:
+        after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+    return int(after_name[field - 3])
+
+
 def niceness(pid: int) -> int:
     """A process's nice value (field 19 of /proc/PID/stat); 0 if it has ended."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0
-    return int(fields[16])
+    return stat_field(pid, 19) or 0
 
 
 def echo(ae_title: str, port: int) -> bool:

@@ -50,27 +50,45 @@ def test_priors_match_the_reference_tables_the_simulator_uses() -> None:
     assert PRIOR_R1 == R1_RELAXIVITY
 
 
-def test_enhancement_is_resynthesized_by_the_spgr_equation() -> None:
-    """Noiseless pure-FGT voxels: the harmonized ratio S(t)/S(0) is the target's for C(t)."""
-    source = Protocol(repetition_time_ms=6.5, flip_angle_deg=12, field_t=1.5, agent="gadobutrol")
-    target = Protocol(repetition_time_ms=4.9, flip_angle_deg=10, field_t=3.0, agent="Dotarem")
-    concentration = np.array([0.0, 0.3, 1.0, 2.5])
-    signal = source.signal(source.r1_0_per_ms + source.r1_per_mM_ms * concentration)
-    # Air noise around a body of three classes (lung-like, dim, bright); the bright one
-    # enhances, noiselessly.
+# The synthetic series' protocol, as its headers give it.
+SOURCE = Protocol(repetition_time_ms=6.5, flip_angle_deg=12, field_t=1.5, agent="gadobutrol")
+
+
+def _relative_signal(protocol: Protocol, concentration: np.ndarray) -> np.ndarray:
+    """FGT water's signal at each concentration (mM), relative to its pre-contrast."""
+    signal = protocol.signal(protocol.r1_0_per_ms + protocol.r1_per_mM_ms * concentration)
+    return np.asarray(signal / signal[0])
+
+
+def _three_classes(bright: np.ndarray) -> np.ndarray:
+    """Four phases of air noise around a body of three classes: lung-like (20), dim (300) and
+    bright, whose value per phase is ``bright``, noiselessly; (phase, z, y, x) float32."""
     rng = np.random.default_rng(0)
     pixels = rng.uniform(0.0, 2.0, size=(4, 6, 32, 32)).astype(np.float32)
     pixels[:, :, 4:28, 4:8] = 20.0
     pixels[:, :, 4:28, 8:16] = 300.0
-    pixels[:, :, 4:28, 16:28] = (1000.0 * signal / signal[0])[:, None, None, None]
+    pixels[:, :, 4:28, 16:28] = bright[:, None, None, None]
+    return pixels
+
+
+def _resynthesized(pixels: np.ndarray, target: Protocol) -> np.ndarray:
+    """``pixels`` as a series acquired with SOURCE, through physics to ``target``."""
     acq = Acquisition(pixels=pixels, spacing_mm=(2.0, 1.0, 1.0),
                       phase_times_s=(0.0, 60.0, 120.0, 180.0), domain=ScannerDomain("GE", 1.5),
-                      repetition_time_ms=6.5, echo_time_ms=2.8, flip_angle_deg=12)
+                      repetition_time_ms=SOURCE.repetition_time_ms, echo_time_ms=2.8,
+                      flip_angle_deg=SOURCE.flip_angle_deg)
     harmonizer = PhysicsHarmonizer(target=target, target_levels=TissueLevels(50.0, 200.0),
                                    source_agent="gadobutrol")
-    out = harmonizer.harmonize(acq)[:, 3, 16, 20]
-    expected = target.signal(target.r1_0_per_ms + target.r1_per_mM_ms * concentration)
-    np.testing.assert_allclose(out / out[0], expected / expected[0], rtol=2e-3)
+    return harmonizer.harmonize(acq)
+
+
+def test_enhancement_is_resynthesized_by_the_spgr_equation() -> None:
+    """Noiseless pure-FGT voxels: the harmonized ratio S(t)/S(0) is the target's for C(t)."""
+    target = Protocol(repetition_time_ms=4.9, flip_angle_deg=10, field_t=3.0, agent="Dotarem")
+    concentration = np.array([0.0, 0.3, 1.0, 2.5])
+    pixels = _three_classes(1000.0 * _relative_signal(SOURCE, concentration))
+    out = _resynthesized(pixels, target)[:, 3, 16, 20]
+    np.testing.assert_allclose(out / out[0], _relative_signal(target, concentration), rtol=2e-3)
     assert out[0] == pytest.approx(200.0, rel=1e-5)  # pure FGT lands on the target's level
 
 
@@ -79,23 +97,13 @@ def test_a_tissue_darker_than_fgt_keeps_its_washout() -> None:
     alone it is mostly static, its water would need more than any concentration gives, and
     every post phase was held at the inversion's ceiling (a flat curve). Its enhancement says
     it is water: the curve keeps its type, close to the target's for its concentrations."""
-    source = Protocol(repetition_time_ms=6.5, flip_angle_deg=12, field_t=1.5, agent="gadobutrol")
     target = Protocol(repetition_time_ms=4.9, flip_angle_deg=10, field_t=3.0, agent="gadobutrol")
     concentration = np.array([0.0, 1.2, 1.1, 0.8])
-    signal = source.signal(source.r1_0_per_ms + source.r1_per_mM_ms * concentration)
-    rng = np.random.default_rng(0)
-    pixels = rng.uniform(0.0, 2.0, size=(4, 6, 32, 32)).astype(np.float32)
-    pixels[:, :, 4:28, 4:8] = 20.0
-    pixels[:, :, 4:28, 8:16] = 300.0
-    pixels[:, :, 4:28, 16:28] = 1000.0
-    pixels[:, :, 12:16, 20:24] = (340.0 * signal / signal[0])[:, None, None, None]
-    acq = Acquisition(pixels=pixels, spacing_mm=(2.0, 1.0, 1.0),
-                      phase_times_s=(0.0, 60.0, 120.0, 180.0), domain=ScannerDomain("GE", 1.5),
-                      repetition_time_ms=6.5, echo_time_ms=2.8, flip_angle_deg=12)
-    harmonizer = PhysicsHarmonizer(target=target, target_levels=TissueLevels(50.0, 200.0),
-                                   source_agent="gadobutrol")
-    out = harmonizer.harmonize(acq)[:, 3, 13, 21]
-    expected = target.signal(target.r1_0_per_ms + target.r1_per_mM_ms * concentration)
+    pixels = _three_classes(np.full(4, 1000.0))
+    pixels[:, :, 12:16, 20:24] = (340.0 * _relative_signal(SOURCE, concentration))[
+        :, None, None, None]
+    out = _resynthesized(pixels, target)[:, 3, 13, 21]
+    expected = _relative_signal(target, concentration)
     assert late_change(expected) < -0.10
     assert late_change(out) < -0.10  # washout, as the truth; held at the ceiling it was 0
     assert late_change(out) == pytest.approx(late_change(expected), abs=0.05)
