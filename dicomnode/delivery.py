@@ -15,24 +15,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pynetdicom import AE, _config, evt
-from pynetdicom.association import Association
-from pynetdicom.dsutils import split_dataset
-
 from dicomnode.config import DeliveryPolicy, DicomDestination, FolderDestination
-from dicomnode.network import set_nodelay
 from dicomnode.spool import write_durably
+from dicomnode.store_scu import (
+    MAX_CONTEXTS,
+    AssociationError,
+    Context,
+    InstanceFile,
+    StoreAssociation,
+)
 
 # 0xB000, 0xB006, 0xB007: warnings, stored all the same (PS3.4 Table B.2-1).
 _STORED = {0x0000, 0xB000, 0xB006, 0xB007}
-# PS3.8 9.3.2.2: at most 128 presentation contexts in one association request.
-_MAX_CONTEXTS = 128
-
-Context = tuple[str, str]  # (SOP class UID, transfer syntax UID)
-
-# Send files by streaming the bytes after their file meta (pynetdicom >= 2.0); the node's
-# files are valid DICOM it wrote or checked at intake.
-_config.STORE_SEND_CHUNKED_DATASET = True
 
 
 class DeliveryError(RuntimeError):
@@ -46,7 +40,7 @@ def backoff_seconds(attempts: int, policy: DeliveryPolicy) -> float:
 
 @dataclass
 class _Open:
-    assoc: Association
+    assoc: StoreAssociation
     contexts: set[Context]
     last_used: float
 
@@ -71,61 +65,49 @@ class Outbox:
         if isinstance(destination, FolderDestination):
             _copy_to_folder(files, destination.path / folder_name)
             return
-        metas = [split_dataset(path)[0] for path in files]
-        needed = {(str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in metas}
-        where = f"{destination.ae_title}@{destination.host}:{destination.port}"
-        current = self._association(name, destination, needed, where)
+        instances = [InstanceFile.read(path) for path in files]
+        current = self._association(name, destination, {i.context for i in instances})
+        where = current.assoc.where
         try:
-            for path in files:
+            for instance in instances:
                 # From the file as it is: no decode and re-encode of every instance.
-                status = current.assoc.send_c_store(path)
-                code = int(status.Status) if "Status" in status else None
-                if code is None:
-                    raise DeliveryError(f"{where}: no C-STORE response for {path.name}")
-                if code not in _STORED:
-                    raise DeliveryError(
-                        f"{where}: C-STORE of {path.name} failed, status 0x{code:04X}")
+                response = current.assoc.store(instance)
+                if response.status not in _STORED:
+                    comment = f" ({response.comment})" if response.comment else ""
+                    raise DeliveryError(f"{where}: C-STORE of {instance.path.name} failed, "
+                                        f"status 0x{response.status:04X}{comment}")
+        except AssociationError as exc:
+            self._open.pop(name, None)  # closed already
+            raise DeliveryError(str(exc)) from exc
         except BaseException:
             self._close(name)
             raise
         current.last_used = time.monotonic()
 
-    def _association(
-        self, name: str, destination: DicomDestination, needed: set[Context], where: str
-    ) -> _Open:
+    def _association(self, name: str, destination: DicomDestination,
+                     needed: set[Context]) -> _Open:
         current = self._open.get(name)
-        if current and current.assoc.is_established and needed <= current.contexts:
+        if current and current.assoc.usable and needed <= current.contexts:
             return current
         wanted = needed | (current.contexts if current else set())
-        if len(wanted) > _MAX_CONTEXTS:
+        if len(wanted) > MAX_CONTEXTS:
             wanted = needed
         self._close(name)
-        ae = AE(ae_title=self.calling_ae)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.policy.timeout_seconds
-        ae.maximum_pdu_size = 131072
-        for sop_class, syntax in sorted(wanted):
-            ae.add_requested_context(sop_class, syntax)
-        assoc = ae.associate(
-            destination.host, destination.port, ae_title=destination.ae_title,
-            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
-        )
-        if not assoc.is_established:
-            raise DeliveryError(f"{where}: association rejected, aborted or never connected")
-        accepted = {
-            (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-            for cx in assoc.accepted_contexts
-            if cx.abstract_syntax and cx.transfer_syntax
-        }
-        refused = needed - accepted
+        try:
+            assoc = StoreAssociation(destination.host, destination.port, self.calling_ae,
+                                     destination.ae_title, wanted, self.policy.timeout_seconds)
+        except AssociationError as exc:
+            raise DeliveryError(str(exc)) from exc
+        refused = needed - set(assoc.accepted)
         if refused:
             assoc.release()
-            raise DeliveryError(f"{where}: refused presentation contexts {sorted(refused)}")
-        self._open[name] = _Open(assoc, accepted, time.monotonic())
+            raise DeliveryError(f"{assoc.where}: refused presentation contexts {sorted(refused)}")
+        self._open[name] = _Open(assoc, set(assoc.accepted), time.monotonic())
         return self._open[name]
 
     def _close(self, name: str) -> None:
         current = self._open.pop(name, None)
-        if current and current.assoc.is_established:
+        if current:
             current.assoc.release()
 
     def close_idle(self) -> None:

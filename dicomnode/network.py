@@ -38,6 +38,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from structlog.typing import FilteringBoundLogger
 
 from dicomnode.config import NodeConfig
+from dicomnode.encoding import text_value, uid_value
 from dicomnode.intake import examine, record
 from dicomnode.ledger import Ledger
 from dicomnode.logs import get_logger
@@ -361,13 +362,13 @@ def _as_file(
     """
     elements = b"".join((
         _meta_element(0x0001, b"OB", b"\x00\x01"),
-        _meta_element(0x0002, b"UI", _uid_value(sop_class)),
-        _meta_element(0x0003, b"UI", _uid_value(sop_uid)),
-        _meta_element(0x0010, b"UI", _uid_value(transfer_syntax)),
-        _meta_element(0x0012, b"UI", _uid_value(PYNETDICOM_IMPLEMENTATION_UID)),
-        _meta_element(0x0013, b"SH", _text_value(PYNETDICOM_IMPLEMENTATION_VERSION)),
-        _meta_element(0x0017, b"AE", _text_value(assoc.requestor.ae_title)),
-        _meta_element(0x0018, b"AE", _text_value(assoc.acceptor.ae_title)),
+        _meta_element(0x0002, b"UI", uid_value(sop_class)),
+        _meta_element(0x0003, b"UI", uid_value(sop_uid)),
+        _meta_element(0x0010, b"UI", uid_value(transfer_syntax)),
+        _meta_element(0x0012, b"UI", uid_value(PYNETDICOM_IMPLEMENTATION_UID)),
+        _meta_element(0x0013, b"SH", text_value(PYNETDICOM_IMPLEMENTATION_VERSION)),
+        _meta_element(0x0017, b"AE", text_value(assoc.requestor.ae_title)),
+        _meta_element(0x0018, b"AE", text_value(assoc.acceptor.ae_title)),
     ))
     group_length = _meta_element(0x0000, b"UL", struct.pack("<I", len(elements)))
     return b"".join((b"\0" * 128, b"DICM", group_length, elements, dataset.getbuffer()))
@@ -379,16 +380,6 @@ def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
     if vr == b"OB":
         return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
     return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
-
-
-def _uid_value(uid: str) -> bytes:
-    value = uid.encode("ascii", "replace")
-    return value + b"\0" * (len(value) % 2)  # UI pads to even length with NUL (PS3.5 6.2)
-
-
-def _text_value(text: str) -> bytes:
-    value = text.encode("ascii", "replace")
-    return value + b" " * (len(value) % 2)  # SH and AE pad with a space (PS3.5 6.2)
 
 
 def _log_association(event: Event) -> None:

@@ -68,7 +68,7 @@ def test_a_failed_stream_is_the_first_attempt_and_the_retry_sends_the_whole_seri
     _until_streams_end(harness)
     (delivery,) = harness.ledger.deliveries(1)
     assert (delivery.state, delivery.attempts) == ("pending", 1)
-    assert "association" in (delivery.last_error or "")
+    assert "cannot connect" in (delivery.last_error or "")
     job = harness.ledger.job(1)
     assert job is not None and job.state == "harmonized"
     scp = RecordingSCP(port)
