@@ -29,10 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.dataelem import RawDataElement
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomnode import __version__
@@ -166,12 +167,6 @@ def _ds_number(value: float) -> str:
     return f"{value:.10g}"
 
 
-def _add_private_block(ds: Dataset, provenance: Provenance) -> None:
-    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
-    for offset, name in enumerate(_PRIVATE_FIELDS, start=1):
-        block.add_new(offset, "LO", str(getattr(provenance, name))[:64])
-
-
 _PRIVATE_FIELDS = ("method", "model", "model_sha256", "rule", "config_hash", "source_domain",
                    "target_domain")
 
@@ -214,66 +209,101 @@ def derived_series(
 
 
 class Derivation:
-    """What every derived instance of one series shares: provenance, encoding and time."""
+    """What every derived instance of one series shares: provenance, encoding and time.
+
+    The elements that are the same in every instance (pixel encoding, window, derivation
+    description, creation time, the private block) are made once here and put, as they
+    are, in each instance's data set: making a pydicom element costs some microseconds,
+    and a 512² series has hundreds of instances of a few dozen such elements.
+    """
 
     def __init__(self, provenance: Provenance, encoding: Encoding) -> None:
         self.provenance = provenance
         self.encoding = encoding
         self.when = dt.datetime.now(dt.UTC)
+        self._shared = _shared_elements(provenance, encoding, self.when)
+        self._series_uids: dict[str, str] = {}
 
     def instance(self, source: Dataset, stored: np.ndarray) -> Dataset:
-        """The derived instance of ``source`` with the stored values ``stored`` (uint16)."""
-        ds = _derive_one(source, self.provenance, self.when)
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.RescaleSlope = _ds_number(self.encoding.slope)
-        ds.RescaleIntercept = "0"
-        ds.WindowCenter = _ds_number(self.encoding.centre)
-        ds.WindowWidth = _ds_number(self.encoding.width)
+        """The derived instance of ``source`` with the stored values ``stored`` (uint16).
+
+        Its series-wide elements are the same objects in every instance: to change one in
+        a single instance, replace it (``ds[tag] = DataElement(...)``); assigning to its
+        keyword would change it in all of them.
+        """
+        source_series = str(source.SeriesInstanceUID)
+        series_uid = self._series_uids.get(source_series)
+        if series_uid is None:
+            series_uid = self._series_uids[source_series] = _derived_uid(source_series,
+                                                                          self.provenance)
+        ds = _derive_one(source, self.provenance, self.when, series_uid, self._shared)
         ds.PixelData = np.ascontiguousarray(stored, dtype=np.uint16).tobytes()
         ds["PixelData"].VR = "OW"
         return ds
 
 
-def _derive_one(source: Dataset, provenance: Provenance, when: dt.datetime) -> Dataset:
+def _shared_elements(provenance: Provenance, encoding: Encoding,
+                     when: dt.datetime) -> dict[BaseTag, DataElement]:
+    """The elements of a derivation that are the same in each of its instances; none of
+    them is changed once made (a derived data set holds them, not copies)."""
     ds = Dataset()
-    for tag in source.keys():  # noqa: SIM118 - iterating a Dataset decodes every element
-        if tag not in _STALE_TAGS and not tag.is_private:
-            # Raw (not yet decoded) elements are immutable and shared as they are; a decoded
-            # one is copied, or assigning to it would rewrite the source's UIDs.
-            element = source.get_item(tag)
-            ds[tag] = element if isinstance(element, RawDataElement) else copy.copy(element)
-    source_series = str(source.SeriesInstanceUID)
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.RescaleSlope = _ds_number(encoding.slope)
+    ds.RescaleIntercept = "0"
+    ds.WindowCenter = _ds_number(encoding.centre)
+    ds.WindowWidth = _ds_number(encoding.width)
+    ds.DerivationDescription = provenance.description
+    ds.InstanceCreationDate = when.strftime("%Y%m%d")
+    ds.InstanceCreationTime = when.strftime("%H%M%S")
+    # Private tags are not copied from the source, so the block is the group's first.
+    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+    for offset, name in enumerate(_PRIVATE_FIELDS, start=1):
+        block.add_new(offset, "LO", str(getattr(provenance, name))[:64])
+    return {tag: ds[tag] for tag in ds.keys()}  # noqa: SIM118 - a Dataset's keys are tags
+
+
+# Old archives omit Type 2 attributes; present-but-empty is what the IOD asks for.
+_TYPE2_EMPTY = {Tag(keyword): DataElement(Tag(keyword), dictionary_VR(Tag(keyword)), "")
+                for keyword in _TYPE2_PATIENT_STUDY}
+
+
+def _derive_one(source: Dataset, provenance: Provenance, when: dt.datetime, series_uid: str,
+                shared: dict[BaseTag, DataElement]) -> Dataset:
+    # Raw (not yet decoded) elements are immutable and shared as they are; a decoded one is
+    # copied, or assigning to it would rewrite the source's UIDs. Filling the dict first
+    # and making the data set of it spares pydicom's checks of each assignment.
+    elements: dict[BaseTag, DataElement | RawDataElement] = {
+        tag: element if isinstance(element, RawDataElement) else copy.copy(element)
+        for tag, element in source.items()
+        if tag not in _STALE_TAGS and not tag.is_private
+    }
+    for tag, empty in _TYPE2_EMPTY.items():
+        elements.setdefault(tag, empty)
+    elements.update(shared)
+    ds = Dataset(elements)
     ds.SOPInstanceUID = _derived_uid(str(source.SOPInstanceUID), provenance)
-    ds.SeriesInstanceUID = _derived_uid(source_series, provenance)
+    ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = int(source.get("SeriesNumber") or 0) + 1000
     suffix = f" [harmonized {provenance.method}]"
     ds.SeriesDescription = (str(source.get("SeriesDescription", "")) + suffix)[-64:].strip()
     # MR Image module (C.8.3.1.1.1) requires value 3; OTHER where the source had none.
     image_type = list(source.get("ImageType", []))[2:] or ["OTHER"]
     ds.ImageType = ["DERIVED", "SECONDARY", *image_type]
-    ds.DerivationDescription = provenance.description
     ds.SourceImageSequence = Sequence([_source_image(source)])
     # Common Instance Reference module (C.12.2): the series and the instance within it.
     referenced_series = Dataset()
-    referenced_series.SeriesInstanceUID = source_series
+    referenced_series.SeriesInstanceUID = str(source.SeriesInstanceUID)
     referenced_series.ReferencedInstanceSequence = Sequence([_referenced_instance(source)])
     ds.ReferencedSeriesSequence = Sequence([referenced_series])
     earlier = list(source.get("ContributingEquipmentSequence", []))
     ds.ContributingEquipmentSequence = Sequence(
         [*earlier, _contributing_equipment(provenance, when)]
     )
-    ds.InstanceCreationDate = when.strftime("%Y%m%d")
-    ds.InstanceCreationTime = when.strftime("%H%M%S")
-    # Old archives omit Type 2 attributes; present-but-empty is what the IOD asks for.
-    for keyword in _TYPE2_PATIENT_STUDY:
-        if keyword not in ds:
-            setattr(ds, keyword, "")
-    _add_private_block(ds, provenance)
     if source.original_encoding == (False, True):
         # The source's undecoded elements are already explicit VR little endian, the output's
         # encoding: saying so lets pydicom write them as they are instead of decoding and
