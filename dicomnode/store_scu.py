@@ -17,12 +17,15 @@ File Meta Information (PS3.10 7.1), in the transfer syntax the file meta names.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
@@ -51,6 +54,8 @@ _MAX_PDU_RECEIVED = 131072
 _AC, _RJ, _P_DATA, _RELEASE_RQ, _RELEASE_RP, _ABORT = 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
 _RELEASE_RQ_PDU = struct.pack(">BxI4x", _RELEASE_RQ, 4)
 _RELEASE_RP_PDU = struct.pack(">BxI4x", _RELEASE_RP, 4)
+# Bytes of P-DATA gathered into one send: few system calls, bounded memory for large files.
+_SEND_BATCH = 1 << 20
 # PS3.7 E.2: message control header bits: 1 = command, 2 = last fragment.
 _COMMAND, _LAST = 0x01, 0x02
 # PS3.7 Table 9.3-1 / E.1-1: C-STORE-RQ and C-STORE-RSP command fields.
@@ -136,11 +141,11 @@ class StoreAssociation:
         self._message_id = self._message_id % 0xFFFF + 1
         command = _store_command(instance.sop_class, instance.sop_instance, self._message_id)
         try:
+            self._send_part(context_id, BytesIO(command), len(command), _COMMAND)
             with instance.path.open("rb") as handle:
+                length = os.fstat(handle.fileno()).st_size - instance.offset
                 handle.seek(instance.offset)
-                data_set = handle.read()
-            self._send_fragments(context_id, command, _COMMAND)
-            self._send_fragments(context_id, data_set, 0)
+                self._send_part(context_id, handle, length, 0)
             return self._response()
         except (OSError, AssociationError) as exc:
             self.abort()
@@ -234,18 +239,28 @@ class StoreAssociation:
         info = accept.user_information
         return accepted, (info.maximum_length or 0) if info else 0
 
-    def _send_fragments(self, context_id: int, data: bytes, command: int) -> None:
-        """``data`` as PDVs of one message part, one P-DATA-TF each (PS3.8 9.3.5)."""
-        step = self.peer_max_pdu - 6 if self.peer_max_pdu else max(len(data), 1)
-        view = memoryview(data)
-        parts: list[bytes | memoryview] = []
-        for start in range(0, max(len(data), 1), step):
-            fragment = view[start:start + step]
-            control = command | (_LAST if start + step >= len(data) else 0)
-            parts += (struct.pack(">BxIIBB", _P_DATA, len(fragment) + 6, len(fragment) + 2,
+    def _send_part(self, context_id: int, stream: BinaryIO, length: int, command: int) -> None:
+        """The ``length`` bytes of one message part (command or data set) read from
+        ``stream``, as PDVs of one P-DATA-TF each (PS3.8 9.3.5), handed to the kernel a
+        batch of PDUs at a time."""
+        step = self.peer_max_pdu - 6 if self.peer_max_pdu else max(length, 1)
+        batch: list[bytes] = []
+        batched = 0
+        remaining = length
+        while True:
+            fragment = stream.read(min(step, remaining))
+            if len(fragment) < min(step, remaining):
+                raise OSError(f"the file ended {remaining - len(fragment)} bytes early")
+            remaining -= len(fragment)
+            control = command | (_LAST if remaining == 0 else 0)
+            batch += (struct.pack(">BxIIBB", _P_DATA, len(fragment) + 6, len(fragment) + 2,
                                   context_id, control), fragment)
-        # One copy and one call: the kernel takes the message in as few writes as it can.
-        self._socket.sendall(b"".join(parts))
+            batched += len(fragment)
+            if remaining == 0 or batched >= _SEND_BATCH:
+                self._socket.sendall(b"".join(batch))
+                batch, batched = [], 0
+            if remaining == 0:
+                return
 
     def _response(self) -> StoreResponse:
         command = b""
