@@ -87,7 +87,7 @@ class Outbox:
     def _association(self, name: str, destination: DicomDestination,
                      needed: set[Context]) -> _Open:
         current = self._open.get(name)
-        if current and current.assoc.usable and needed <= current.contexts:
+        if current and current.assoc.usable() and needed <= current.contexts:
             return current
         wanted = needed | (current.contexts if current else set())
         if len(wanted) > MAX_CONTEXTS:

@@ -222,7 +222,6 @@ class Derivation:
         self.encoding = encoding
         self.when = dt.datetime.now(dt.UTC)
         self._shared = _shared_elements(provenance, encoding, self.when)
-        self._series_uids: dict[str, str] = {}
 
     def instance(self, source: Dataset, stored: np.ndarray) -> Dataset:
         """The derived instance of ``source`` with the stored values ``stored`` (uint16).
@@ -231,12 +230,7 @@ class Derivation:
         a single instance, replace it (``ds[tag] = DataElement(...)``); assigning to its
         keyword would change it in all of them.
         """
-        source_series = str(source.SeriesInstanceUID)
-        series_uid = self._series_uids.get(source_series)
-        if series_uid is None:
-            series_uid = self._series_uids[source_series] = _derived_uid(source_series,
-                                                                          self.provenance)
-        ds = _derive_one(source, self.provenance, self.when, series_uid, self._shared)
+        ds = _derive_one(source, self.provenance, self.when, self._shared)
         ds.PixelData = np.ascontiguousarray(stored, dtype=np.uint16).tobytes()
         ds["PixelData"].VR = "OW"
         return ds
@@ -272,7 +266,7 @@ _TYPE2_EMPTY = {Tag(keyword): DataElement(Tag(keyword), dictionary_VR(Tag(keywor
                 for keyword in _TYPE2_PATIENT_STUDY}
 
 
-def _derive_one(source: Dataset, provenance: Provenance, when: dt.datetime, series_uid: str,
+def _derive_one(source: Dataset, provenance: Provenance, when: dt.datetime,
                 shared: dict[BaseTag, DataElement]) -> Dataset:
     # Raw (not yet decoded) elements are immutable and shared as they are; a decoded one is
     # copied, or assigning to it would rewrite the source's UIDs. Filling the dict first
@@ -287,7 +281,8 @@ def _derive_one(source: Dataset, provenance: Provenance, when: dt.datetime, seri
     elements.update(shared)
     ds = Dataset(elements)
     ds.SOPInstanceUID = _derived_uid(str(source.SOPInstanceUID), provenance)
-    ds.SeriesInstanceUID = series_uid
+    source_series = str(source.SeriesInstanceUID)
+    ds.SeriesInstanceUID = _derived_uid(source_series, provenance)
     ds.SeriesNumber = int(source.get("SeriesNumber") or 0) + 1000
     suffix = f" [harmonized {provenance.method}]"
     ds.SeriesDescription = (str(source.get("SeriesDescription", "")) + suffix)[-64:].strip()
@@ -297,7 +292,7 @@ def _derive_one(source: Dataset, provenance: Provenance, when: dt.datetime, seri
     ds.SourceImageSequence = Sequence([_source_image(source)])
     # Common Instance Reference module (C.12.2): the series and the instance within it.
     referenced_series = Dataset()
-    referenced_series.SeriesInstanceUID = str(source.SeriesInstanceUID)
+    referenced_series.SeriesInstanceUID = source_series
     referenced_series.ReferencedInstanceSequence = Sequence([_referenced_instance(source)])
     ds.ReferencedSeriesSequence = Sequence([referenced_series])
     earlier = list(source.get("ContributingEquipmentSequence", []))

@@ -153,7 +153,6 @@ class StoreAssociation:
                 raise
             raise AssociationError(f"{self.where}: {_describe(exc)}") from exc
 
-    @property
     def usable(self) -> bool:
         """Whether the peer has not ended the association meanwhile (an idle association
         may be released or aborted by the peer at any time); one that has is closed now."""
