@@ -248,8 +248,9 @@ class StoreAssociation:
         remaining = length
         while True:
             fragment = stream.read(min(step, remaining))
-            if len(fragment) < min(step, remaining):
-                raise OSError(f"the file ended {remaining - len(fragment)} bytes early")
+            if len(fragment) < min(step, remaining):  # cut short while being sent
+                raise AssociationError(
+                    f"{self.where}: the file ended {remaining - len(fragment)} bytes early")
             remaining -= len(fragment)
             control = command | (_LAST if remaining == 0 else 0)
             batch += (struct.pack(">BxIIBB", _P_DATA, len(fragment) + 6, len(fragment) + 2,
@@ -345,4 +346,5 @@ def _pdvs(p_data: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 def _describe(exc: OSError) -> str:
-    return exc.strerror or exc.__class__.__name__
+    """The system's words for a socket or file error ("Connection refused", "timed out")."""
+    return exc.strerror or str(exc) or exc.__class__.__name__

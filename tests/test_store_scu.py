@@ -2,6 +2,7 @@
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def test_an_association_the_peer_ended_while_idle_is_replaced() -> None:
         outbox = Outbox("NODE", DeliveryPolicy())
         first, second = sample_files(FOLDERS[2])[:2]
         outbox.send("pacs", destination, [first], "")
-        threading.Event().wait(1.0)
+        time.sleep(1.0)
         outbox.send("pacs", destination, [second], "")
         outbox.close_all()
         assert scp.associations == 2
