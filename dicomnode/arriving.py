@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
 from dicomnode.assembly import AssemblyError, expected_count, ordered_sources, rescale
+from dicomnode.header_reading import read_header
 from dicomnode.production import (
-    DEFER_SIZE,
     POLL_SECONDS,
     ByTable,
     OrderedWriter,
@@ -62,7 +62,7 @@ def produce_arriving(task: ArrivingTask) -> Produced:
     fit_seconds = 0.0
     with OrderedWriter(Path(task.output_dir)) as writer:
         while (last := feed.wait()) != _CANCEL:
-            new: list[Dataset] = [dcmread(p, defer_size=DEFER_SIZE) for p in feed.take()]
+            new: list[Dataset] = [read_header(p) for p in feed.take()]
             datasets += new
             if not tried and (pre_contrast := _pre_contrast(datasets)) is not None:
                 tried = True

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
 from dicomnode.assembly import assemble_phases, ordered_sources, rescale
 from dicomnode.child_process import child_pool
+from dicomnode.header_reading import read_header
 from dicomnode.provenance import Derivation, Provenance, derived_series
 from dicomnode.series_encoder import SeriesEncoder
 from dicomnode.spool import write_durably
@@ -38,8 +39,6 @@ _WRITES_IN_FLIGHT = 4
 # How often the pipeline looks for the next file while the child writes them (and the
 # child, for the next source of a series still arriving).
 POLL_SECONDS = 0.005
-# Deferred reads: a slice's pixels are read when they are needed, then dropped.
-DEFER_SIZE = "64 KB"
 
 T = TypeVar("T")
 
@@ -90,7 +89,7 @@ def produce_series(task: ProductionTask) -> Produced:
     """
     # Deferred reads: each slice's pixels are loaded when they are needed, then dropped, so
     # the series is in memory once at most.
-    phases = ordered_sources([dcmread(p, defer_size=DEFER_SIZE) for p in task.source_paths])
+    phases = ordered_sources([read_header(p) for p in task.source_paths])
     loaded = load_model(task.method, task.model)
     started = time.perf_counter()
     made = ByTable.start(task, loaded, phases[0],

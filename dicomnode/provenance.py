@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import hashlib
 import json
 import uuid
@@ -93,38 +94,48 @@ def _derived_uid(source_uid: str, provenance: Provenance) -> str:
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
 
 
+@functools.cache
+def _tag_and_vr(keyword: str) -> tuple[BaseTag, str]:
+    return Tag(keyword), dictionary_VR(keyword)
+
+
+def _element(keyword: str, value: object) -> DataElement:
+    """A new element by keyword; pydicom's ``ds.Keyword = value`` does the same lookups
+    and checks on every assignment, some 20 µs."""
+    tag, vr = _tag_and_vr(keyword)
+    return DataElement(tag, vr, value)
+
+
+def _dataset(*elements: DataElement) -> Dataset:
+    return Dataset({element.tag: element for element in elements})
+
+
 def _code(value: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = "DCM"
-    item.CodeMeaning = meaning
-    return item
+    return _dataset(_element("CodeValue", value), _element("CodingSchemeDesignator", "DCM"),
+                    _element("CodeMeaning", meaning))
 
 
 def _contributing_equipment(provenance: Provenance, when: dt.datetime) -> Dataset:
-    item = Dataset()
-    item.PurposeOfReferenceCodeSequence = Sequence([_code("109102", "Processing Equipment")])
-    item.Manufacturer = "dicomnode"
-    item.ManufacturerModelName = "dicomnode harmonization node"
-    item.SoftwareVersions = __version__
-    item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
-    item.ContributionDescription = provenance.description[:1024]
-    return item
+    return _dataset(
+        _element("PurposeOfReferenceCodeSequence",
+                 Sequence([_code("109102", "Processing Equipment")])),
+        _element("Manufacturer", "dicomnode"),
+        _element("ManufacturerModelName", "dicomnode harmonization node"),
+        _element("SoftwareVersions", __version__),
+        _element("ContributionDateTime", when.strftime("%Y%m%d%H%M%S")),
+        _element("ContributionDescription", provenance.description[:1024]),
+    )
 
 
-def _referenced_instance(source: Dataset) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = source.SOPClassUID
-    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    return item
+def _referenced_instance(source: Dataset) -> list[DataElement]:
+    return [_element("ReferencedSOPClassUID", source.SOPClassUID),
+            _element("ReferencedSOPInstanceUID", source.SOPInstanceUID)]
 
 
 def _source_image(source: Dataset) -> Dataset:
-    item = _referenced_instance(source)
-    item.PurposeOfReferenceCodeSequence = Sequence(
-        [_code("121322", "Source image for image processing operation")]
-    )
-    return item
+    return _dataset(*_referenced_instance(source), _element(
+        "PurposeOfReferenceCodeSequence",
+        Sequence([_code("121322", "Source image for image processing operation")])))
 
 
 def window_sample(values: np.ndarray) -> np.ndarray:
@@ -279,33 +290,37 @@ def _derive_one(source: Dataset, provenance: Provenance, when: dt.datetime,
     for tag, empty in _TYPE2_EMPTY.items():
         elements.setdefault(tag, empty)
     elements.update(shared)
-    ds = Dataset(elements)
-    ds.SOPInstanceUID = _derived_uid(str(source.SOPInstanceUID), provenance)
+    sop_instance_uid = _derived_uid(str(source.SOPInstanceUID), provenance)
     source_series = str(source.SeriesInstanceUID)
-    ds.SeriesInstanceUID = _derived_uid(source_series, provenance)
-    ds.SeriesNumber = int(source.get("SeriesNumber") or 0) + 1000
     suffix = f" [harmonized {provenance.method}]"
-    ds.SeriesDescription = (str(source.get("SeriesDescription", "")) + suffix)[-64:].strip()
     # MR Image module (C.8.3.1.1.1) requires value 3; OTHER where the source had none.
     image_type = list(source.get("ImageType", []))[2:] or ["OTHER"]
-    ds.ImageType = ["DERIVED", "SECONDARY", *image_type]
-    ds.SourceImageSequence = Sequence([_source_image(source)])
     # Common Instance Reference module (C.12.2): the series and the instance within it.
-    referenced_series = Dataset()
-    referenced_series.SeriesInstanceUID = source_series
-    referenced_series.ReferencedInstanceSequence = Sequence([_referenced_instance(source)])
-    ds.ReferencedSeriesSequence = Sequence([referenced_series])
+    referenced_series = _dataset(
+        _element("SeriesInstanceUID", source_series),
+        _element("ReferencedInstanceSequence", Sequence([_dataset(*_referenced_instance(source))])))
     earlier = list(source.get("ContributingEquipmentSequence", []))
-    ds.ContributingEquipmentSequence = Sequence(
-        [*earlier, _contributing_equipment(provenance, when)]
-    )
+    for element in (
+        _element("SOPInstanceUID", sop_instance_uid),
+        _element("SeriesInstanceUID", _derived_uid(source_series, provenance)),
+        _element("SeriesNumber", int(source.get("SeriesNumber") or 0) + 1000),
+        _element("SeriesDescription",
+                 (str(source.get("SeriesDescription", "")) + suffix)[-64:].strip()),
+        _element("ImageType", ["DERIVED", "SECONDARY", *image_type]),
+        _element("SourceImageSequence", Sequence([_source_image(source)])),
+        _element("ReferencedSeriesSequence", Sequence([referenced_series])),
+        _element("ContributingEquipmentSequence",
+                 Sequence([*earlier, _contributing_equipment(provenance, when)])),
+    ):
+        elements[element.tag] = element
+    ds = Dataset(elements)
     if source.original_encoding == (False, True):
         # The source's undecoded elements are already explicit VR little endian, the output's
         # encoding: saying so lets pydicom write them as they are instead of decoding and
         # re-encoding every one (about half the time of writing a derived series).
         ds.set_original_encoding(False, True, source.original_character_set)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = source.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = FileMetaDataset(_dataset(
+        _element("MediaStorageSOPClassUID", source.SOPClassUID),
+        _element("MediaStorageSOPInstanceUID", sop_instance_uid),
+        _element("TransferSyntaxUID", ExplicitVRLittleEndian)))
     return ds

@@ -20,6 +20,8 @@ from pydicom.filereader import data_element_generator, read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from dicomnode.header_reading import Truncated, read_elements
+
 STATUS_SUCCESS = 0x0000
 STATUS_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
@@ -38,19 +40,18 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _PREAMBLE = 128 + 4  # the spool always writes the preamble and "DICM"
 
 
-class Truncated(ValueError):
-    """The file ends inside an element; the message says where."""
-
-
 def read_whole(data: bytes, tags: Collection[BaseTag]) -> Dataset:
     """The data set's elements ``tags`` (and its file meta), read in one pass that also
     checks that every top-level element is whole.
 
     pydicom reads a cut-short file without error (it keeps the short value, or stops), so
     every top-level element's declared length is compared with what the file holds, and
-    :class:`Truncated` names the first that falls short. A deflated data set (compressed as
-    a whole) is left to pydicom's inflate, which reports a cut itself.
+    :class:`Truncated` names the first that falls short. Explicit VR Little Endian, nearly
+    every instance, is read by :func:`dicomnode.header_reading.read_elements`; a deflated
+    data set (compressed as a whole) is left to pydicom's inflate, which reports a cut itself.
     """
+    if (ds := read_elements(data, tags)) is not None:
+        return ds
     stream = BytesIO(data)
     stream.seek(_PREAMBLE)
     try:
