@@ -31,6 +31,9 @@ _NOISE_MULTIPLE = 4.0
 _RAYLEIGH_MEDIAN = float(np.sqrt(2 * np.log(2)))
 # Components smaller than this fraction of the largest are noise specks, not a breast.
 _MIN_COMPONENT_FRACTION = 0.1
+# Labels as numpy's index type: indexing a table with them, and bincount, would otherwise
+# convert scipy's int32 labels first: a copy twice their size, 100 MB for 512² x 48.
+_LABELS = np.intp
 
 
 def breast_foreground(volume: np.ndarray) -> np.ndarray:
@@ -101,7 +104,7 @@ def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     """
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = ndimage.generate_binary_structure(2, 1)
-    labels, count = ndimage.label(~mask, structure=structure)
+    labels, count = ndimage.label(~mask, structure=structure, output=_LABELS)
     border = np.concatenate(
         [labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(),
          labels[:, :, -1].ravel()]
@@ -119,7 +122,7 @@ def large_components(mask: np.ndarray, fraction: float = _MIN_COMPONENT_FRACTION
 
     More than one may survive: two breasts can be separate components on some slabs.
     """
-    labels, count = ndimage.label(mask)
+    labels, count = ndimage.label(mask, output=_LABELS)
     if count <= 1:
         return mask
     sizes = np.bincount(labels.ravel())
