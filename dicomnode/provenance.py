@@ -133,9 +133,7 @@ def _referenced_instance(source: Dataset) -> list[DataElement]:
 
 
 def _source_image(source: Dataset) -> Dataset:
-    return _dataset(*_referenced_instance(source), _element(
-        "PurposeOfReferenceCodeSequence",
-        Sequence([_code("121322", "Source image for image processing operation")])))
+    return _dataset(*_referenced_instance(source), _SOURCE_IMAGE_PURPOSE)
 
 
 def window_sample(values: np.ndarray) -> np.ndarray:
@@ -223,9 +221,10 @@ class Derivation:
     """What every derived instance of one series shares: provenance, encoding and time.
 
     The elements that are the same in every instance (pixel encoding, window, derivation
-    description, creation time, the private block) are made once here and put, as they
-    are, in each instance's data set: making a pydicom element costs some microseconds,
-    and a 512² series has hundreds of instances of a few dozen such elements.
+    description, creation time, the node's contributing equipment item, the private block)
+    are made once here and put, as they are, in each instance's data set: making a pydicom
+    element costs some microseconds, and a 512² series has hundreds of instances of a few
+    dozen such elements.
     """
 
     def __init__(self, provenance: Provenance, encoding: Encoding) -> None:
@@ -265,12 +264,17 @@ def _shared_elements(provenance: Provenance, encoding: Encoding,
     ds.DerivationDescription = provenance.description
     ds.InstanceCreationDate = when.strftime("%Y%m%d")
     ds.InstanceCreationTime = when.strftime("%H%M%S")
+    ds.ContributingEquipmentSequence = [_contributing_equipment(provenance, when)]
     # Private tags are not copied from the source, so the block is the group's first.
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     for offset, name in enumerate(_PRIVATE_FIELDS, start=1):
         block.add_new(offset, "LO", str(getattr(provenance, name))[:64])
     return {tag: ds[tag] for tag in ds.keys()}  # noqa: SIM118 - a Dataset's keys are tags
 
+
+# The same in every derived instance, which holds it, not a copy (see Derivation.instance).
+_SOURCE_IMAGE_PURPOSE = _element("PurposeOfReferenceCodeSequence", Sequence(
+    [_code("121322", "Source image for image processing operation")]))
 
 # Old archives omit Type 2 attributes; present-but-empty is what the IOD asks for.
 _TYPE2_EMPTY = {Tag(keyword): DataElement(Tag(keyword), dictionary_VR(Tag(keyword)), "")
@@ -299,7 +303,6 @@ def _derive_one(source: Dataset, provenance: Provenance, when: dt.datetime,
     referenced_series = _dataset(
         _element("SeriesInstanceUID", source_series),
         _element("ReferencedInstanceSequence", Sequence([_dataset(*_referenced_instance(source))])))
-    earlier = list(source.get("ContributingEquipmentSequence", []))
     for element in (
         _element("SOPInstanceUID", sop_instance_uid),
         _element("SeriesInstanceUID", _derived_uid(source_series, provenance)),
@@ -309,10 +312,13 @@ def _derive_one(source: Dataset, provenance: Provenance, when: dt.datetime,
         _element("ImageType", ["DERIVED", "SECONDARY", *image_type]),
         _element("SourceImageSequence", Sequence([_source_image(source)])),
         _element("ReferencedSeriesSequence", Sequence([referenced_series])),
-        _element("ContributingEquipmentSequence",
-                 Sequence([*earlier, _contributing_equipment(provenance, when)])),
     ):
         elements[element.tag] = element
+    if earlier := list(source.get("ContributingEquipmentSequence", [])):
+        # The source's own processing history first, then this node's step.
+        equipment = _element("ContributingEquipmentSequence",
+                             Sequence([*earlier, _contributing_equipment(provenance, when)]))
+        elements[equipment.tag] = equipment
     ds = Dataset(elements)
     if source.original_encoding == (False, True):
         # The source's undecoded elements are already explicit VR little endian, the output's

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom import Dataset
 
 from dicomnode.assembly import assemble
 from dicomnode.provenance import PRIVATE_CREATOR, PRIVATE_GROUP, Provenance, derived_series
@@ -79,3 +80,21 @@ def test_derivation_adds_no_dciodvfy_error(folder: str, tmp_path: Path) -> None:
     derived_path.write_bytes(SeriesEncoder().file_bytes(derived[0]))
     added = set(dciodvfy_errors(derived_path)) - set(dciodvfy_errors(source_path))
     assert not added
+
+
+def test_an_earlier_processing_step_is_kept_before_the_nodes() -> None:
+    """A source that was itself derived (re-harmonized, or post-processed at the scanner)
+    keeps its contributing equipment, and the node's step comes after it; the instances
+    without one get the node's step alone."""
+    datasets = read_sample("ge-signa-architect-3t-multiphase")
+    earlier = Dataset()
+    earlier.Manufacturer = "GE MEDICAL SYSTEMS"
+    earlier.ContributionDescription = "scanner reformat"
+    datasets[0].ContributingEquipmentSequence = [earlier]
+    assembled = assemble(datasets)
+    derived = {str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID): ds
+               for ds in derived_series(assembled, assembled.acquisition.pixels, PROVENANCE)}
+    steps = derived[str(datasets[0].SOPInstanceUID)].ContributingEquipmentSequence
+    assert [step.Manufacturer for step in steps] == ["GE MEDICAL SYSTEMS", "dicomnode"]
+    others = derived[str(datasets[1].SOPInstanceUID)].ContributingEquipmentSequence
+    assert [step.Manufacturer for step in others] == ["dicomnode"]
