@@ -21,7 +21,7 @@ import os
 import select
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -29,18 +29,18 @@ from typing import BinaryIO
 
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-)
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 
-from dicomnode.encoding import uid_value
+from dicomnode.encoding import (
+    command_fields,
+    command_set,
+    pdv_items,
+    uid_value,
+    user_information,
+)
 
 Context = tuple[str, str]  # (SOP class UID, transfer syntax UID)
 
@@ -208,13 +208,7 @@ class StoreAssociation:
             context.transfer_syntax = [syntax]
             request.presentation_context_definition_list.append(context)
             by_id[2 * index + 1] = (sop_class, syntax)
-        max_length = MaximumLengthNotification()
-        max_length.maximum_length_received = _MAX_PDU_RECEIVED
-        class_uid = ImplementationClassUIDNotification()
-        class_uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-        version = ImplementationVersionNameNotification()
-        version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
-        request.user_information = [max_length, class_uid, version]
+        request.user_information = [*user_information(_MAX_PDU_RECEIVED)]
         pdu = A_ASSOCIATE_RQ()
         pdu.from_primitive(request)
         try:
@@ -270,12 +264,16 @@ class StoreAssociation:
                 raise AssociationError(f"{self.where}: association aborted by the peer")
             if kind != _P_DATA:
                 raise AssociationError(f"{self.where}: unexpected PDU type {kind}")
-            for control, fragment in _pdvs(body):
-                if not control & _COMMAND:
-                    raise AssociationError(f"{self.where}: a data set in a C-STORE response")
-                command += fragment
-                if control & _LAST:
-                    return self._store_response(dict(_elements(command)))
+            try:
+                for _context, control, fragment in pdv_items(body):
+                    if not control & _COMMAND:
+                        raise AssociationError(
+                            f"{self.where}: a data set in a C-STORE response")
+                    command += fragment
+                    if control & _LAST:
+                        return self._store_response(command_fields(command))
+            except ValueError as exc:
+                raise AssociationError(f"{self.where}: a malformed response ({exc})") from exc
 
     def _store_response(self, fields: dict[int, bytes]) -> StoreResponse:
         def number(element: int) -> int | None:
@@ -312,37 +310,14 @@ class StoreAssociation:
 
 def _store_command(sop_class: str, sop_instance: str, message_id: int) -> bytes:
     """A C-STORE-RQ command set, Implicit VR Little Endian (PS3.7 9.3.1.1, Table 9.3-1)."""
-    elements = b"".join((
-        _command_element(0x0002, uid_value(sop_class)),
-        _command_element(0x0100, struct.pack("<H", _C_STORE_RQ)),
-        _command_element(0x0110, struct.pack("<H", message_id)),
-        _command_element(0x0700, struct.pack("<H", 0)),  # priority: medium
-        _command_element(0x0800, struct.pack("<H", _DATA_SET_PRESENT)),
-        _command_element(0x1000, uid_value(sop_instance)),
-    ))
-    return _command_element(0x0000, struct.pack("<I", len(elements))) + elements
-
-
-def _command_element(element: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-
-def _elements(command: bytes) -> Iterator[tuple[int, bytes]]:
-    """The (element, value) pairs of a group 0000 command set (Implicit VR Little Endian)."""
-    offset = 0
-    while offset + 8 <= len(command):
-        _, element, length = struct.unpack_from("<HHI", command, offset)
-        yield element, command[offset + 8:offset + 8 + length]
-        offset += 8 + length
-
-
-def _pdvs(p_data: bytes) -> Iterator[tuple[int, bytes]]:
-    """The (control header, fragment) of each PDV item of a P-DATA-TF PDU (PS3.8 9.3.5.1)."""
-    offset = 6
-    while offset + 6 <= len(p_data):
-        (length,) = struct.unpack_from(">I", p_data, offset)
-        yield p_data[offset + 5], p_data[offset + 6:offset + 4 + length]
-        offset += 4 + length
+    return command_set(
+        (0x0002, uid_value(sop_class)),
+        (0x0100, struct.pack("<H", _C_STORE_RQ)),
+        (0x0110, struct.pack("<H", message_id)),
+        (0x0700, struct.pack("<H", 0)),  # priority: medium
+        (0x0800, struct.pack("<H", _DATA_SET_PRESENT)),
+        (0x1000, uid_value(sop_instance)),
+    )
 
 
 def _describe(exc: OSError) -> str:

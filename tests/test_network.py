@@ -1,9 +1,10 @@
 """The SCP in-process: Success only once the instance is on disk and in the ledger."""
 
+import socket
+import struct
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from pydicom import Dataset, dcmread
@@ -13,11 +14,11 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, encode, encode_file_meta
-from structlog.testing import capture_logs
 
 from dicomnode.intake import recover_spool
 from dicomnode.ledger import Ledger
 from dicomnode.network import STATUS_OUT_OF_RESOURCES, _as_file
+from dicomnode.store_scp import AssociationRequest, StoreRequest
 from dicomnode.validation import STATUS_DOES_NOT_MATCH_SOP_CLASS
 from tests.peers import in_process_node, mr_instance, request_association, store_one, wait_for
 
@@ -92,10 +93,9 @@ def test_the_file_meta_is_encoded_as_pydicom_encodes_it() -> None:
                                 transfer_syntax=ExplicitVRLittleEndian)
         meta.SendingApplicationEntityTitle = calling
         meta.ReceivingApplicationEntityTitle = called
-        assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title=calling),
-                                acceptor=SimpleNamespace(ae_title=called))
-        written = _as_file(assoc, BytesIO(b"DATA"), MRImageStorage,  # type: ignore[arg-type]
-                           sop_uid, ExplicitVRLittleEndian)
+        request = AssociationRequest(calling, called, "127.0.0.1", 104)
+        written = _as_file(request, StoreRequest(1, MRImageStorage, sop_uid,
+                                                 ExplicitVRLittleEndian, b"DATA"))
         assert written == b"\0" * 128 + b"DICM" + encode_file_meta(meta) + b"DATA"
 
 
@@ -144,17 +144,36 @@ def test_a_sender_cut_off_mid_instance_leaves_no_file_and_no_row(
     assert [i.path for i in ledger.unclaimed("1.2.3.4")] == [str(stored)]
 
 
-def test_a_request_pynetdicom_never_hands_over_leaves_no_file(
+def test_a_c_store_of_another_sop_class_than_its_context_is_refused_and_not_kept(
     server: tuple[int, Path, Ledger],
 ) -> None:
-    """A whole C-STORE whose SOP class has no service makes pynetdicom abort without calling
-    the handler, after the node began writing it: the file goes, the sender heard nothing."""
+    """The Affected SOP Class of a C-STORE must be its presentation context's abstract syntax
+    (PS3.7 9.1.1): otherwise it is refused (0x0122, SOP Class not supported) and nothing is
+    written, and the association goes on."""
     port, spool_root, ledger = server
     assoc = request_association(port)
-    with capture_logs() as logs:
-        _send_fragments(assoc, _c_store(mr_instance(), "1.2.3.999"), keep_last=True)
-        wait_for(lambda: assoc.is_aborted, 10, "the node to abort the association")
-        wait_for(lambda: any(e["event"] == "instance_abandoned" for e in logs), 10,
-                 "the abandoned file to be removed")
-    assert _spool_files(spool_root) == ([], [])
-    assert ledger.unclaimed("1.2.3.4") == []
+    (context,) = assoc.accepted_contexts
+    assert context.context_id is not None
+    # As pynetdicom's own send_* methods do: the reactor paused, the response read here.
+    assoc._reactor_checkpoint.clear()
+    wait_for(lambda: assoc._is_paused, 10, "pynetdicom's reactor to pause")
+    assoc.dimse.send_msg(_c_store(mr_instance(), "1.2.3.999"), context.context_id)
+    _, response = assoc.dimse.get_msg(block=True)
+    assoc._reactor_checkpoint.set()
+    assert response is not None and response.Status == 0x0122
+    assert int(assoc.send_c_store(mr_instance()).Status) == 0x0000
+    assoc.release()
+    (stored,), _ = _spool_files(spool_root)
+    assert [i.path for i in ledger.unclaimed("1.2.3.4")] == [str(stored)]
+
+
+def test_a_connection_that_breaks_the_protocol_is_aborted_and_the_node_serves_on(
+    server: tuple[int, Path, Ledger],
+) -> None:
+    port, _, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(struct.pack(">BxI", 4, 4) + b"\0\0\0\0")  # P-DATA before an association
+        answer = sock.recv(64)
+        assert sock.recv(64) == b""  # then the node closes
+    assert answer[:1] == b"\x07"  # A-ABORT (PS3.8 9.3.8)
+    assert store_one(port, mr_instance()) == 0x0000
