@@ -329,8 +329,9 @@ def main() -> None:
               f"TCP_NODELAY=1, median of {INGEST_ROUNDS} interleaved rounds:")
         for name in INGEST_RECEIVERS:
             print(f"  {name:<10} {rates[name]:7.1f} instances/s")
-        print("  (pynetdicom: a bare pynetdicom SCP that answers Success at once, the transport's "
-              "ceiling;\n   fsync only: the node's durable write of each file, no network;\n"
+        print("  (pynetdicom: a bare pynetdicom SCP that answers Success at once, pynetdicom's "
+              "ceiling\n   (the node serves its associations itself, dicomnode/store_scp.py);\n"
+              "   fsync only: the node's durable write of each file, no network;\n"
               "   the node fsyncs each instance and its folder, and writes its ledger row, "
               "before Success)")
         print(f"  ratio node/storescp = {rates['node'] / rates['storescp']:.2f}, "
