@@ -119,10 +119,11 @@ class Admission:
 
 
 class _Session:
-    """One association's next spool file, made while the sender sends the instance."""
+    """One association's next spool file, made while the sender sends the instance (from
+    its second instance on: the first one's write makes it)."""
 
-    def __init__(self, spare: Future[SpoolFile] | None) -> None:
-        self.spare = spare
+    def __init__(self) -> None:
+        self.spare: Future[SpoolFile] | None = None
 
     def release(self) -> None:
         """Remove the spool file made ahead and not used."""
@@ -155,10 +156,6 @@ class StoreHandler:
         # A write and the next spool file, one instance at a time per association.
         self._pool = ThreadPoolExecutor(2 * config.admission.max_associations,
                                         thread_name_prefix=f"{config.ae_title}-intake")
-
-    def open(self) -> _Session:
-        """An association's session; its first instance makes the next one's spool file."""
-        return _Session(None)
 
     def close(self) -> None:
         """Finish the writes under way and stop the pool."""
@@ -279,7 +276,7 @@ class _Association:
 
     def established(self, request: AssociationRequest) -> None:
         self.request = request
-        self.session = self.server.store.open()
+        self.session = _Session()
         get_logger().info("association_established", calling_ae=request.calling_ae,
                           peer=request.peer, **_tls_facts(self.connection))
 
@@ -318,8 +315,8 @@ class NodeServer:
         self.active = 0  # associations accepted and not yet ended
         tls = config.security.tls
         self._tls = server_context(tls) if tls else None
-        self._settings = Settings(config.ae_title, _supported_contexts(), config.max_pdu,
-                                  REQUEST_TIMEOUT, IDLE_TIMEOUT)
+        self._settings = Settings(_supported_contexts(), config.max_pdu, REQUEST_TIMEOUT,
+                                  IDLE_TIMEOUT)
         self._listener = socket.create_server((config.host, config.port))
         self._served: dict[int, _Served] = {}
         self._thread = threading.Thread(target=self._accept, name=f"{config.ae_title}-acceptor",

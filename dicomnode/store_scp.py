@@ -91,9 +91,9 @@ Rejection = tuple[int, int, int]  # A-ASSOCIATE-RJ (result, source, diagnostic),
 
 @dataclass(frozen=True)
 class StoreRequest:
-    """A whole C-STORE-RQ: its command's identifiers and its data set as sent."""
+    """A whole C-STORE-RQ: its SOP class and instance, and its data set as sent, in the
+    transfer syntax of its presentation context."""
 
-    message_id: int
     sop_class: str
     sop_instance: str
     transfer_syntax: str
@@ -120,7 +120,6 @@ class Node(Protocol):
 class Settings:
     """The acceptor's side of the negotiation and its patience."""
 
-    ae_title: str
     contexts: list[PresentationContext]  # what it supports, each with its transfer syntaxes
     max_pdu: int
     request_timeout: float  # for the A-ASSOCIATE-RQ once connected (pynetdicom's ACSE timeout)
@@ -243,8 +242,7 @@ def _answer(request: AssociationRequest, node: Node, context: PresentationContex
     else:
         assert context.transfer_syntax
         status, comment = node.store(request, StoreRequest(
-            _number(fields, 0x0110), sop_class, sop_instance, str(context.transfer_syntax[0]),
-            data_set))
+            sop_class, sop_instance, str(context.transfer_syntax[0]), data_set))
     return _response_pdu(context_id, command | _RESPONSE, _number(fields, 0x0110), sop_class,
                          sop_instance, status, comment)
 

@@ -94,7 +94,7 @@ def test_the_file_meta_is_encoded_as_pydicom_encodes_it() -> None:
         meta.SendingApplicationEntityTitle = calling
         meta.ReceivingApplicationEntityTitle = called
         request = AssociationRequest(calling, called, "127.0.0.1", 104)
-        written = _as_file(request, StoreRequest(1, MRImageStorage, sop_uid,
+        written = _as_file(request, StoreRequest(MRImageStorage, sop_uid,
                                                  ExplicitVRLittleEndian, b"DATA"))
         assert written == b"\0" * 128 + b"DICM" + encode_file_meta(meta) + b"DATA"
 
