@@ -3,9 +3,9 @@
 pynetdicom passes each PDU through its DUL thread, a state machine and queues to an
 association reactor that looks for complete messages once a millisecond, decodes every
 command set with pydicom and validates each UID it sets: on the development VM a bare
-pynetdicom SCP that stored nothing spent 1.7-2.5 ms of CPU on each 512² C-STORE, the node
-with pynetdicom 3.8-4.7 ms, and the node with this SCP, which writes and fsyncs each file,
-checks it and records it, 2.0-2.5 ms (the issue 5 note of the 10th session has the
+pynetdicom SCP that stored nothing spent 1.7-2.45 ms of CPU on each 512² C-STORE, the node
+with pynetdicom 3.75-4.7 ms, and the node with this SCP, which writes and fsyncs each file,
+checks it and records it, 1.95-2.45 ms (the issue 5 note of the 10th session has the
 figures).
 
 :func:`serve` reads the A-ASSOCIATE-RQ (PS3.8 9.3.2) with pynetdicom's PDU classes, lets the
