@@ -171,7 +171,7 @@ class StoreHandler:
         """The status (and error comment) of one C-STORE, once its data set is kept."""
         log = get_logger(calling_ae=request.calling_ae, peer=request.peer,
                          sop_instance_uid=store.sop_instance)
-        size = len(store.data_set)
+        size = store.size
         if size > self.max_instance_bytes:
             log.warning("instance_too_large", size=size,
                         max_instance_bytes=int(self.max_instance_bytes))
@@ -315,8 +315,9 @@ class NodeServer:
         self.active = 0  # associations accepted and not yet ended
         tls = config.security.tls
         self._tls = server_context(tls) if tls else None
-        self._settings = Settings(_supported_contexts(), config.max_pdu, REQUEST_TIMEOUT,
-                                  IDLE_TIMEOUT)
+        # An instance over the limit is refused by its size; its bytes need not be kept.
+        self._settings = Settings(_supported_contexts(), config.max_pdu,
+                                  int(store.max_instance_bytes), REQUEST_TIMEOUT, IDLE_TIMEOUT)
         self._listener = socket.create_server((config.host, config.port))
         self._served: dict[int, _Served] = {}
         self._thread = threading.Thread(target=self._accept, name=f"{config.ae_title}-acceptor",

@@ -62,6 +62,8 @@ STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_UNRECOGNIZED_OPERATION = 0x0211
 # A PDU larger than this is not read: the peer ignores the maximum length we announced.
 _LARGEST_PDU = 64 << 20
+# Command sets are a few hundred bytes (PS3.7 9.3); a larger one is not kept.
+_LARGEST_COMMAND = 64 << 10
 
 
 class ProtocolError(Exception):
@@ -92,12 +94,14 @@ Rejection = tuple[int, int, int]  # A-ASSOCIATE-RJ (result, source, diagnostic),
 @dataclass(frozen=True)
 class StoreRequest:
     """A whole C-STORE-RQ: its SOP class and instance, and its data set as sent, in the
-    transfer syntax of its presentation context."""
+    transfer syntax of its presentation context; ``size`` bytes of it, which ``data_set``
+    holds unless they were more than the acceptor keeps (then it is empty)."""
 
     sop_class: str
     sop_instance: str
     transfer_syntax: str
     data_set: bytes
+    size: int
 
 
 class Node(Protocol):
@@ -122,6 +126,7 @@ class Settings:
 
     contexts: list[PresentationContext]  # what it supports, each with its transfer syntaxes
     max_pdu: int
+    max_data_set: int  # larger data sets are read to their end but not kept in memory
     request_timeout: float  # for the A-ASSOCIATE-RQ once connected (pynetdicom's ACSE timeout)
     idle_timeout: float  # between PDUs once associated (pynetdicom's network timeout)
 
@@ -155,8 +160,8 @@ def serve(connection: socket.socket, address: tuple[str, int], node: Node,
         node.established(request)
         connection.settimeout(settings.idle_timeout)
         contexts = {int(cx.context_id or 0): cx for cx in accepted if cx.result == 0}
-        for context, command, data_set in _messages(link, contexts):
-            link.send(_answer(request, node, contexts[context], command, data_set, context))
+        for message in _messages(link, contexts, settings.max_data_set):
+            link.send(_answer(request, node, contexts[message.context], message))
         admitted = False
         node.ended("released")
         link.send(_RELEASE_RP_PDU)
@@ -180,14 +185,25 @@ def _association_request(pdu: bytes) -> A_ASSOCIATE:
         raise ProtocolError(f"a malformed A-ASSOCIATE-RQ ({exc})", _INVALID_PARAMETER) from exc
 
 
-def _messages(link: _Link, contexts: dict[int, PresentationContext]
-              ) -> Iterator[tuple[int, dict[int, bytes], bytes | None]]:
-    """Each request of the association: (context id, command fields, data set or None);
-    ends when the peer asks for release."""
+@dataclass(frozen=True)
+class _Message:
+    """One request as received: its context, command fields, and data set (None when it
+    has none; empty when it was larger than the acceptor keeps) and that data set's size."""
+
+    context: int
+    fields: dict[int, bytes]
+    data_set: bytes | None
+    size: int
+
+
+def _messages(link: _Link, contexts: dict[int, PresentationContext],
+              max_data_set: int) -> Iterator[_Message]:
+    """Each request of the association; ends when the peer asks for release. A data set
+    over ``max_data_set`` bytes is read to its end but not kept."""
     command = bytearray()
     fields: dict[int, bytes] | None = None
     data = bytearray()
-    context = 0
+    size = 0
     while True:
         kind, pdu = link.read_pdu()
         if kind == _RELEASE_RQ:
@@ -201,40 +217,47 @@ def _messages(link: _Link, contexts: dict[int, PresentationContext]
             items = list(pdv_items(pdu))
         except ValueError as exc:
             raise ProtocolError(str(exc), _INVALID_PARAMETER) from exc
-        for item_context, control, fragment in items:
-            if item_context not in contexts:
-                raise ProtocolError(f"P-DATA on presentation context {item_context}, which "
-                                    "was not accepted", _INVALID_PARAMETER)
-            context = item_context
+        for context, control, fragment in items:
+            if context not in contexts:
+                raise ProtocolError(f"P-DATA on presentation context {context}, which was "
+                                    "not accepted", _INVALID_PARAMETER)
             if control & _COMMAND:
                 command += fragment
+                if len(command) > _LARGEST_COMMAND:
+                    raise ProtocolError(f"a command set over {_LARGEST_COMMAND} bytes",
+                                        _INVALID_PARAMETER)
                 if not control & _LAST:
                     continue
                 fields = _fields(bytes(command))
                 command.clear()
                 if _number(fields, 0x0800) == _NO_DATA_SET:
-                    yield context, fields, None
+                    yield _Message(context, fields, None, 0)
                     fields = None
             elif fields is None:
                 raise ProtocolError("a data set fragment before its command")
             else:
-                data += fragment
+                size += len(fragment)
+                if size <= max_data_set:
+                    data += fragment
+                else:
+                    data.clear()  # too large: read to its end, answered by its size
                 if control & _LAST:
-                    yield context, fields, bytes(data)
+                    yield _Message(context, fields, bytes(data), size)
                     data.clear()
-                    fields = None
+                    fields, size = None, 0
 
 
 def _answer(request: AssociationRequest, node: Node, context: PresentationContext,
-            fields: dict[int, bytes], data_set: bytes | None, context_id: int) -> bytes:
+            message: _Message) -> bytes:
     """The response PDU to one request."""
+    fields = message.fields
     command = _number(fields, 0x0100)
     sop_class = _text(fields.get(0x0002, b""))
     sop_instance = _text(fields.get(0x1000, b""))
     comment = None
     if command == _C_ECHO_RQ:
         status = 0x0000
-    elif command != _C_STORE_RQ or data_set is None:
+    elif command != _C_STORE_RQ or message.data_set is None:
         status = STATUS_UNRECOGNIZED_OPERATION
     elif sop_class != context.abstract_syntax:
         status = STATUS_SOP_CLASS_NOT_SUPPORTED
@@ -242,9 +265,10 @@ def _answer(request: AssociationRequest, node: Node, context: PresentationContex
     else:
         assert context.transfer_syntax
         status, comment = node.store(request, StoreRequest(
-            sop_class, sop_instance, str(context.transfer_syntax[0]), data_set))
-    return _response_pdu(context_id, command | _RESPONSE, _number(fields, 0x0110), sop_class,
-                         sop_instance, status, comment)
+            sop_class, sop_instance, str(context.transfer_syntax[0]), message.data_set,
+            message.size))
+    return _response_pdu(message.context, command | _RESPONSE, _number(fields, 0x0110),
+                         sop_class, sop_instance, status, comment)
 
 
 def _response_pdu(context_id: int, command: int, message_id: int, sop_class: str,

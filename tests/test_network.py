@@ -14,7 +14,9 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, encode, encode_file_meta
+from structlog.testing import capture_logs
 
+from dicomnode import network
 from dicomnode.intake import recover_spool
 from dicomnode.ledger import Ledger
 from dicomnode.network import STATUS_OUT_OF_RESOURCES, _as_file
@@ -95,7 +97,7 @@ def test_the_file_meta_is_encoded_as_pydicom_encodes_it() -> None:
         meta.ReceivingApplicationEntityTitle = called
         request = AssociationRequest(calling, called, "127.0.0.1", 104)
         written = _as_file(request, StoreRequest(MRImageStorage, sop_uid,
-                                                 ExplicitVRLittleEndian, b"DATA"))
+                                                 ExplicitVRLittleEndian, b"DATA", 4))
         assert written == b"\0" * 128 + b"DICM" + encode_file_meta(meta) + b"DATA"
 
 
@@ -177,3 +179,16 @@ def test_a_connection_that_breaks_the_protocol_is_aborted_and_the_node_serves_on
         assert sock.recv(64) == b""  # then the node closes
     assert answer[:1] == b"\x07"  # A-ABORT (PS3.8 9.3.8)
     assert store_one(port, mr_instance()) == 0x0000
+
+
+def test_a_silent_association_is_aborted_and_the_node_serves_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(network, "IDLE_TIMEOUT", 0.5)
+    with in_process_node(tmp_path) as node, capture_logs() as logs:
+        assoc = request_association(node.port)
+        assert assoc.is_established
+        wait_for(lambda: assoc.is_aborted, 10, "the node to abort the silent association")
+        wait_for(lambda: any(e["event"] == "association_aborted" for e in logs), 10,
+                 "the abort in the log")
+        assert store_one(node.port, mr_instance()) == 0x0000
