@@ -1,10 +1,11 @@
 """What the node encodes and decodes by hand: the padding of a few values (PS3.5 6.2), the
-user information of its A-ASSOCIATE requests and answers (PS3.7 D.3.3), and the command sets
-(PS3.7 6.3, Implicit VR Little Endian) and PDV items (PS3.8 9.3.5.1) of the DIMSE messages
-its storage SCU and SCP exchange."""
+user information of its A-ASSOCIATE requests and answers (PS3.7 D.3.3), the PDUs its storage
+SCU and SCP read (PS3.8 9.3.1), and the command sets (PS3.7 6.3, Implicit VR Little Endian)
+and PDV items (PS3.8 9.3.5.1) of the DIMSE messages they exchange."""
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import Iterator
 
@@ -29,6 +30,33 @@ def text_value(text: str) -> bytes:
     """An SH or AE value: padded to even length with a space."""
     value = text.encode("ascii", "replace")
     return value + b" " * (len(value) % 2)
+
+
+# A PDU larger than this is not read: the peer ignores the maximum length it was told.
+LARGEST_PDU = 64 << 20
+
+
+def read_pdu(connection: socket.socket) -> tuple[int, bytes]:
+    """The next PDU on ``connection``: its type and its bytes, 6-byte header included (PS3.8
+    9.3.1). EOFError when the peer closed the connection, ValueError for a PDU over
+    LARGEST_PDU bytes; the socket's own errors (a timeout) as it raises them."""
+    header = _read_exactly(connection, 6)
+    kind, length = struct.unpack(">BxI", header)
+    if length > LARGEST_PDU:
+        raise ValueError(f"a PDU of {length} bytes")
+    return kind, header + _read_exactly(connection, length)
+
+
+def _read_exactly(connection: socket.socket, size: int) -> bytes:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    while received < size:
+        count = connection.recv_into(view[received:])
+        if not count:
+            raise EOFError("connection closed by the peer")
+        received += count
+    return bytes(buffer)
 
 
 def command_set(*elements: tuple[int, bytes]) -> bytes:

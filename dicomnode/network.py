@@ -306,11 +306,9 @@ class _Served:
 class NodeServer:
     """The SCP's listening socket and the connections it serves, each on its own thread."""
 
-    def __init__(self, config: NodeConfig, admission: Admission, store: StoreHandler,
-                 metrics: NodeMetrics | None) -> None:
+    def __init__(self, config: NodeConfig, admission: Admission, store: StoreHandler) -> None:
         self.admission = admission
         self.store = store
-        self.metrics = metrics
         self.lock = threading.Lock()
         self.active = 0  # associations accepted and not yet ended
         tls = config.security.tls
@@ -345,10 +343,8 @@ class NodeServer:
                 try:
                     connection = self._tls.wrap_socket(connection, server_side=True)
                 except OSError as exc:  # ssl.SSLError and timeouts are OSErrors
-                    get_logger(peer=f"{address[0]}:{address[1]}").warning(
-                        "association_rejected", reason="tls_handshake_failed", error=str(exc))
-                    if self.metrics is not None:
-                        self.metrics.association_rejected("tls_handshake_failed")
+                    self.admission.refused("tls_handshake_failed",
+                                           peer=f"{address[0]}:{address[1]}", error=str(exc))
                     return
                 with self.lock:
                     self._served[key].connection = connection
@@ -408,7 +404,7 @@ def start_server(
         log.warning("any_calling_ae_accepted",
                     hint="set security.allowed_callers to accept only known senders")
     store = StoreHandler(config, spool, ledger, metrics, arrived)
-    server = NodeServer(config, admission, store, metrics)
+    server = NodeServer(config, admission, store)
     log.info("scp_listening", ae_title=config.ae_title, host=config.host, port=config.port,
              tls=config.security.tls is not None,
              allowed_callers=None if admission.callers.accepts_any else admission.callers.titles)

@@ -34,6 +34,7 @@ from dicomnode.encoding import (
     command_fields,
     command_set,
     pdv_items,
+    read_pdu,
     text_value,
     uid_value,
     user_information,
@@ -60,8 +61,6 @@ _NO_DATA_SET = 0x0101
 # PS3.7 C.4.2: "Refused: SOP Class not supported"; C.4.4: "Unrecognized operation".
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_UNRECOGNIZED_OPERATION = 0x0211
-# A PDU larger than this is not read: the peer ignores the maximum length we announced.
-_LARGEST_PDU = 64 << 20
 # Command sets are a few hundred bytes (PS3.7 9.3); a larger one is not kept.
 _LARGEST_COMMAND = 64 << 10
 
@@ -319,12 +318,11 @@ class _Link:
         self.connection = connection
 
     def read_pdu(self) -> tuple[int, bytes]:
-        """The next PDU's type and its bytes, 6-byte header included (PS3.8 9.3.1)."""
-        header = self._read_exactly(6)
-        kind, length = struct.unpack(">BxI", header)
-        if length > _LARGEST_PDU:
-            raise ProtocolError(f"a PDU of {length} bytes", _INVALID_PARAMETER)
-        return kind, header + self._read_exactly(length)
+        """The next PDU's type and its bytes, 6-byte header included."""
+        try:
+            return read_pdu(self.connection)
+        except ValueError as exc:
+            raise ProtocolError(str(exc), _INVALID_PARAMETER) from exc
 
     def send(self, pdu: bytes) -> None:
         self.connection.sendall(pdu)
@@ -341,17 +339,6 @@ class _Link:
         with suppress(OSError):
             while self.connection.recv(4096):
                 pass
-
-    def _read_exactly(self, size: int) -> bytes:
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        received = 0
-        while received < size:
-            count = self.connection.recv_into(view[received:])
-            if not count:
-                raise EOFError("connection closed by the peer")
-            received += count
-        return bytes(buffer)
 
 
 def _fields(command: bytes) -> dict[int, bytes]:

@@ -38,6 +38,7 @@ from dicomnode.encoding import (
     command_fields,
     command_set,
     pdv_items,
+    read_pdu,
     uid_value,
     user_information,
 )
@@ -290,22 +291,15 @@ class StoreAssociation:
                              if comment else None)
 
     def _read_pdu(self) -> tuple[int, bytes]:
-        header = self._read_exactly(6)
-        kind, length = struct.unpack(">BxI", header)
-        return kind, header + self._read_exactly(length)
-
-    def _read_exactly(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            try:
-                chunk = self._socket.recv(size - len(data))
-            except TimeoutError as exc:
-                raise AssociationError(
-                    f"{self.where}: no answer within {self._timeout:g} s") from exc
-            if not chunk:
-                raise AssociationError(f"{self.where}: connection closed by the peer")
-            data += chunk
-        return bytes(data)
+        try:
+            return read_pdu(self._socket)
+        except TimeoutError as exc:
+            raise AssociationError(
+                f"{self.where}: no answer within {self._timeout:g} s") from exc
+        except EOFError as exc:
+            raise AssociationError(f"{self.where}: connection closed by the peer") from exc
+        except ValueError as exc:
+            raise AssociationError(f"{self.where}: {exc}") from exc
 
 
 def _store_command(sop_class: str, sop_instance: str, message_id: int) -> bytes:
